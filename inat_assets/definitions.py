@@ -1,0 +1,37 @@
+"""The one Definitions object: assets, checks, jobs and resources of inat-assets."""
+
+from dagster import AssetSelection, Definitions, define_asset_job
+from dagster_duckdb import DuckDBResource
+
+from inat_assets.assets.archive import dwca_archive
+from inat_assets.assets.fetch import fetch_parquet, unique_photo_ids_with_http_urls
+from inat_assets.assets.tables import (
+    media_parquet,
+    media_reject_share,
+    observations_parquet,
+    observations_reject_share,
+    unique_observation_ids,
+)
+from inat_assets.resources import settings_from_env
+
+fetch_list_job = define_asset_job(
+    "fetch_list_job",
+    selection=AssetSelection.assets(dwca_archive, observations_parquet, media_parquet, fetch_parquet),
+    description="Archive -> observations/media Parquet -> fetch.parquet.",
+)
+
+defs = Definitions(
+    assets=[dwca_archive, observations_parquet, media_parquet, fetch_parquet],
+    asset_checks=[
+        observations_reject_share,
+        media_reject_share,
+        unique_observation_ids,
+        unique_photo_ids_with_http_urls,
+    ],
+    jobs=[fetch_list_job],
+    resources={
+        "settings": settings_from_env(),
+        # An in-memory database: every table lives in Parquet files, DuckDB is only the engine.
+        "duckdb": DuckDBResource(database=":memory:"),
+    },
+)

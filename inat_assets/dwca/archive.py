@@ -1,0 +1,186 @@
+"""Open and describe a Darwin Core Archive zip: members, meta.xml, CSV headers; stream members out.
+
+Nothing here extracts the archive. `iter_member_bytes` inflates one member in chunks (with ISA-L
+when the `isal` package is present: about 1.5x faster than zlib on this data) and checks its size
+and CRC at the end, so a damaged archive is an error and never a silently short table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+from inat_assets.dwca.schema import REQUIRED_COLUMNS, Table, describe_layout
+
+try:  # ISA-L inflates deflate streams much faster than zlib; optional.
+    from isal import isal_zlib as _inflate_lib
+except ImportError:  # pragma: no cover - depends on the environment
+    _inflate_lib = zlib  # type: ignore[assignment]
+
+MULTIMEDIA_ROW_TYPE = "http://rs.gbif.org/terms/1.0/Multimedia"
+DEFAULT_MEMBERS: dict[Table, str] = {"observations": "observations.csv", "media": "media.csv"}
+_MAX_HEADER_BYTES = 1 << 20
+
+
+class ArchiveError(RuntimeError):
+    """The archive (or one of its members) cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One CSV member of the archive, as found in the zip and its header line."""
+
+    table: Table
+    name: str
+    columns: tuple[str, ...]
+    size: int
+    compressed_size: int
+    meta_xml_columns: int | None  # number of <field> entries meta.xml declares, if meta.xml said
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    path: Path
+    size: int
+    members: dict[str, int]  # every member name -> uncompressed size
+    observations: MemberInfo
+    media: MemberInfo
+    layout: str
+    extra_columns: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+
+def inspect_archive(path: Path) -> ArchiveInfo:
+    """Validate the zip, locate the observations and media members and read their headers."""
+    if not path.is_file():
+        raise ArchiveError(f"Archive not found: {path}. Set INAT_DWCA_SOURCE to the zip's path or URL.")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        raise ArchiveError(
+            f"{path} is not a valid zip archive ({exc}; it starts with {head!r}). If it was "
+            "downloaded, the download is damaged or was not the archive: delete it and rerun."
+        ) from exc
+    with zf:
+        members = {info.filename: info.file_size for info in zf.infolist() if not info.is_dir()}
+        warnings: list[str] = []
+        locations = _read_meta_xml(zf, warnings)
+        infos: dict[Table, MemberInfo] = {}
+        for table in ("observations", "media"):
+            name, meta_count = locations.get(table, (DEFAULT_MEMBERS[table], None))
+            if name not in members:
+                raise ArchiveError(
+                    f"{path} has no member {name!r} for the {table} table (members: "
+                    f"{', '.join(sorted(members)) or 'none'}). Is this iNaturalist's research-grade DwC-A?"
+                )
+            zinfo = zf.getinfo(name)
+            columns = _read_header(zf, name, path)
+            missing = [c for c in REQUIRED_COLUMNS[table] if c not in columns]
+            if missing:
+                raise ArchiveError(
+                    f"{path}:{name}: header lacks required column(s) {', '.join(missing)}; "
+                    f"header is: {', '.join(columns)}"
+                )
+            if meta_count is not None and meta_count != len(columns):
+                warnings.append(
+                    f"meta.xml declares {meta_count} fields for {name} but its header has {len(columns)} "
+                    "columns; the header is used."
+                )
+            infos[table] = MemberInfo(table, name, columns, zinfo.file_size, zinfo.compress_size, meta_count)
+    layout, extra = describe_layout(infos["observations"].columns)
+    return ArchiveInfo(
+        path=path,
+        size=path.stat().st_size,
+        members=members,
+        observations=infos["observations"],
+        media=infos["media"],
+        layout=layout,
+        extra_columns=extra,
+        warnings=tuple(warnings),
+    )
+
+
+def _read_meta_xml(zf: zipfile.ZipFile, warnings: list[str]) -> dict[Table, tuple[str, int]]:
+    """Member names (and declared field counts) from meta.xml; empty if it is absent or unreadable."""
+    try:
+        root = ElementTree.fromstring(zf.read("meta.xml"))
+    except KeyError:
+        warnings.append("meta.xml is missing; using observations.csv and media.csv.")
+        return {}
+    except ElementTree.ParseError as exc:
+        warnings.append(f"meta.xml is not valid XML ({exc}); using observations.csv and media.csv.")
+        return {}
+    found: dict[Table, tuple[str, int]] = {}
+    for element in root:
+        tag = element.tag.rsplit("}", 1)[-1]
+        location = next((e.text for e in element.iter() if e.tag.endswith("location") and e.text), None)
+        if location is None:
+            continue
+        n_fields = sum(1 for e in element if e.tag.rsplit("}", 1)[-1] == "field" and "index" in e.attrib)
+        if tag == "core":
+            found["observations"] = (location.strip(), n_fields)
+        elif tag == "extension" and element.get("rowType") == MULTIMEDIA_ROW_TYPE:
+            found["media"] = (location.strip(), n_fields)
+    return found
+
+
+def _read_header(zf: zipfile.ZipFile, name: str, path: Path) -> tuple[str, ...]:
+    with zf.open(name) as member:
+        line = member.readline(_MAX_HEADER_BYTES)
+    if not line.endswith(b"\n"):
+        raise ArchiveError(f"{path}:{name}: no complete header line in the first {_MAX_HEADER_BYTES} bytes.")
+    try:
+        text = line.decode("utf-8").rstrip("\n").rstrip("\r")
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(f"{path}:{name}: header is not UTF-8 ({exc}).") from exc
+    columns = tuple(next(csv.reader(io.StringIO(text))))
+    if len(set(columns)) != len(columns):
+        raise ArchiveError(f"{path}:{name}: duplicate column names in header: {', '.join(columns)}")
+    return columns
+
+
+def iter_member_bytes(path: Path, name: str, chunk_size: int = 4 << 20) -> Iterator[bytes]:
+    """Yield the inflated bytes of one member, checking length and CRC-32 at the end."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
+        raise ArchiveError(f"{path}:{name}: unsupported zip compression method {info.compress_type}.")
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ArchiveError(f"{path}:{name}: local file header not found; the archive is damaged.")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        inflater = _inflate_lib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+        remaining, produced, crc = info.compress_size, 0, 0
+        while remaining:
+            raw = fh.read(min(chunk_size, remaining))
+            if not raw:
+                break
+            remaining -= len(raw)
+            out = inflater.decompress(raw) if inflater else raw
+            if out:
+                crc = _inflate_lib.crc32(out, crc)
+                produced += len(out)
+                yield out
+        if inflater:
+            tail = inflater.flush()
+            if tail:
+                crc = _inflate_lib.crc32(tail, crc)
+                produced += len(tail)
+                yield tail
+    if remaining or produced != info.file_size or crc != info.CRC:
+        raise ArchiveError(
+            f"{path}:{name} is damaged: inflated {produced:,} of {info.file_size:,} bytes, CRC "
+            f"{'ok' if crc == info.CRC else 'mismatch'}. Delete the archive and download it again."
+        )

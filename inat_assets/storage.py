@@ -1,0 +1,107 @@
+"""The one place where inat-assets touches files.
+
+Every output path is built here from the data directory, and every write that must never leave a
+partial file under its final name goes through `atomic_path` / `atomic_write_bytes`. Today the
+data directory is a local folder; object storage (``s3://...``) will be added behind this same
+interface, which is why callers ask for paths and URIs here instead of joining strings themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_UNSUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "http://", "https://")
+
+
+class StorageError(RuntimeError):
+    """A data directory that cannot be used."""
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
+
+    The temporary name starts with ``.`` and ends with ``.part`` so that readers listing the folder
+    (and the rerun logic that skips finished files) never mistake it for a finished file. A crash
+    at any moment leaves at most a ``.part`` file, never a partial file under the final name.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``final`` atomically (temporary file, then rename)."""
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def remove_stale_parts(folder: Path) -> int:
+    """Delete ``.part`` files left by a killed process; returns how many were removed."""
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for part in folder.glob(".*.part"):
+        part.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+@dataclass(frozen=True)
+class DataStore:
+    """The data directory (``INAT_DATA_DIR``) and the layout of everything written under it."""
+
+    root: Path
+
+    @classmethod
+    def from_setting(cls, data_dir: str) -> DataStore:
+        if data_dir.startswith(_UNSUPPORTED_SCHEMES):
+            raise StorageError(
+                f"INAT_DATA_DIR={data_dir!r}: only local folders are supported in this version. "
+                "Point INAT_DATA_DIR at a local or mounted folder."
+            )
+        return cls(Path(data_dir).expanduser().resolve())
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def ensure_dir(self, *parts: str) -> Path:
+        folder = self.path(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    # The layout, in one place -------------------------------------------------------------
+    def archive_dir(self) -> Path:
+        return self.path("archive")
+
+    def table(self, name: str) -> Path:
+        """``observations`` -> ``<root>/observations.parquet``."""
+        return self.path(f"{name}.parquet")
+
+    def rejects(self, table: str) -> Path:
+        return self.path("rejects", f"{table}.parquet")
+
+    def images_dir(self, batch: str) -> Path:
+        return self.path("images", batch)
+
+    def manifest(self, batch: str) -> Path:
+        return self.path("manifests", f"{batch}.parquet")
+
+    def scratch_dir(self, *parts: str) -> Path:
+        """Working space (FIFOs, DuckDB spill files, extracted members); safe to delete when idle."""
+        return self.ensure_dir("tmp", *parts)
