@@ -5,6 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from inat_assets.assets.archive import dwca_archive
 from inat_assets.assets.fetch import fetch_parquet, unique_photo_ids_with_http_urls
+from inat_assets.assets.images import image_batches
 from inat_assets.assets.tables import (
     media_parquet,
     media_reject_share,
@@ -20,15 +21,21 @@ fetch_list_job = define_asset_job(
     description="Archive -> observations/media Parquet -> fetch.parquet.",
 )
 
+image_batches_job = define_asset_job(
+    "image_batches_job",
+    selection=AssetSelection.assets(image_batches),
+    description="Download one image batch (a photo-id range of fetch.parquet); backfill it for all.",
+)
+
 defs = Definitions(
-    assets=[dwca_archive, observations_parquet, media_parquet, fetch_parquet],
+    assets=[dwca_archive, observations_parquet, media_parquet, fetch_parquet, image_batches],
     asset_checks=[
         observations_reject_share,
         media_reject_share,
         unique_observation_ids,
         unique_photo_ids_with_http_urls,
     ],
-    jobs=[fetch_list_job],
+    jobs=[fetch_list_job, image_batches_job],
     resources={
         "settings": settings_from_env(),
         # An in-memory database: every table lives in Parquet files, DuckDB is only the engine.

@@ -1,11 +1,13 @@
 """Settings shared by every asset, read from environment variables (see README, "Configuration")."""
 
 import os
+from pathlib import Path
 
 import duckdb
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
+from inat_assets.dwca.convert import DEFAULT_MEMORY_LIMIT, configure_duckdb
 from inat_assets.storage import DataStore
 
 OFFICIAL_DWCA_URL = "https://www.inaturalist.org/observations/gbif-observations-dwca.zip"
@@ -23,6 +25,7 @@ ENV_SETTINGS: dict[str, str] = {
     "INAT_ALLOWED_HOSTS": "allowed_hosts",
     "INAT_BATCH_SPAN": "batch_span",
     "INAT_DOWNLOAD_CONCURRENCY": "download_concurrency",
+    "INAT_PHOTO_MIRROR": "photo_mirror",
 }
 
 
@@ -38,7 +41,7 @@ class InatSettings(ConfigurableResource):
         description="INAT_DWCA_SOURCE: the archive, a local path (used in place) or an http(s) URL.",
     )
     duckdb_memory_limit: str = Field(
-        default="1GB",
+        default=DEFAULT_MEMORY_LIMIT,
         description="INAT_DUCKDB_MEMORY_LIMIT: DuckDB's memory_limit; larger work spills to the temp dir.",
     )
     duckdb_threads: int = Field(
@@ -69,10 +72,20 @@ class InatSettings(ConfigurableResource):
     )
     batch_span: int = Field(
         default=0,
-        description="INAT_BATCH_SPAN: photo ids per image batch; 0 = sized for about 50k photos.",
+        description=(
+            "INAT_BATCH_SPAN: photo ids per image batch; 0 = sized for about 50k photos. Fixed at the "
+            "first fetch_parquet run (kept in <data_dir>/batches.json)."
+        ),
     )
     download_concurrency: int = Field(
         default=64, description="INAT_DOWNLOAD_CONCURRENCY: requests in flight per batch."
+    )
+    photo_mirror: str = Field(
+        default="",
+        description=(
+            "INAT_PHOTO_MIRROR: base URL of a mirror serving the same /photos/<id>/<size>.<ext> paths; "
+            "iNaturalist photo URLs are fetched from it instead (the demo's local server uses this)."
+        ),
     )
 
     def store(self) -> DataStore:
@@ -80,15 +93,8 @@ class InatSettings(ConfigurableResource):
 
     def configure_duckdb(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply the memory, thread and spill settings to a connection from DuckDBResource."""
-        temp_dir = self.duckdb_temp_dir or str(self.store().scratch_dir("duckdb"))
-        con.execute(f"SET memory_limit = '{_sql_literal(self.duckdb_memory_limit)}'")
-        con.execute(f"SET temp_directory = '{_sql_literal(temp_dir)}'")
-        if self.duckdb_threads > 0:
-            con.execute(f"SET threads = {int(self.duckdb_threads)}")
-
-
-def _sql_literal(value: str) -> str:
-    return value.replace("'", "''")
+        temp_dir = Path(self.duckdb_temp_dir) if self.duckdb_temp_dir else self.store().scratch_dir("duckdb")
+        configure_duckdb(con, memory_limit=self.duckdb_memory_limit, threads=self.duckdb_threads, temp_dir=temp_dir)
 
 
 def settings_from_env() -> InatSettings:

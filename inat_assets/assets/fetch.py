@@ -12,12 +12,15 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.assets.tables import media_parquet, observations_parquet
+from inat_assets.batches import plan_batches
 from inat_assets.dwca.convert import sql_string
 from inat_assets.dwca.fetchlist import FetchFilters, FetchListResult, build_fetch_list
 from inat_assets.resources import InatSettings
 
 FETCH_GROUP = "fetch_list"
+_PARTITION_CHUNK = 10_000
 
 
 class FetchListConfig(Config):
@@ -102,11 +105,26 @@ def fetch_parquet(
             store.path("fetch.parquet"),
             config.to_filters(),
         )
+        plan = plan_batches(con, result.output, store.path("batches.json"), settings.batch_span)
+    existing = set(context.instance.get_dynamic_partitions(image_batch_partitions.name))
+    new_keys = [key for key in plan.keys if key not in existing]
+    for start in range(0, len(new_keys), _PARTITION_CHUNK):
+        context.instance.add_dynamic_partitions(image_batch_partitions.name, new_keys[start : start + _PARTITION_CHUNK])
+    context.log.info(
+        f"image batches: span {plan.span:,} photo ids, {len(plan.keys):,} batches, {len(new_keys):,} new partitions"
+    )
     context.log.info(
         f"fetch.parquet: {result.rows:,} photos of {result.observations:,} observations and {result.taxa:,} taxa; "
         f"{result.orphan_media:,} photos whose observation is absent were not listed"
     )
-    return MaterializeResult(metadata=fetch_metadata(result))
+    return MaterializeResult(
+        metadata={
+            **fetch_metadata(result),
+            "batch_span": plan.span,
+            "batches": len(plan.keys),
+            "new_batches": len(new_keys),
+        }
+    )
 
 
 @asset_check(asset=fetch_parquet, description="photo_id is unique and non-null; every URL is http(s).")

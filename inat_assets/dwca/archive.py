@@ -42,7 +42,7 @@ class MemberInfo:
     columns: tuple[str, ...]
     size: int
     compressed_size: int
-    meta_xml_columns: int | None  # number of <field> entries meta.xml declares, if meta.xml said
+    meta_xml_columns: int | None  # columns meta.xml declares (highest index + 1), if meta.xml said
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def inspect_archive(path: Path) -> ArchiveInfo:
                 )
             if meta_count is not None and meta_count != len(columns):
                 warnings.append(
-                    f"meta.xml declares {meta_count} fields for {name} but its header has {len(columns)} "
+                    f"meta.xml declares {meta_count} columns for {name} but its header has {len(columns)} "
                     "columns; the header is used."
                 )
             infos[table] = MemberInfo(table, name, columns, zinfo.file_size, zinfo.compress_size, meta_count)
@@ -125,7 +125,9 @@ def _read_meta_xml(zf: zipfile.ZipFile, warnings: list[str]) -> dict[Table, tupl
         location = next((e.text for e in element.iter() if e.tag.endswith("location") and e.text), None)
         if location is None:
             continue
-        n_fields = sum(1 for e in element if e.tag.rsplit("}", 1)[-1] == "field" and "index" in e.attrib)
+        # Columns = highest index + 1 over <id>/<coreid>/<field> (fields with only a default have no index).
+        indices = [int(e.get("index", "-1")) for e in element if e.get("index", "").isdigit()]
+        n_fields = max(indices) + 1 if indices else 0
         if tag == "core":
             found["observations"] = (location.strip(), n_fields)
         elif tag == "extension" and element.get("rowType") == MULTIMEDIA_ROW_TYPE:

@@ -60,6 +60,19 @@ class ConversionResult:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
+DEFAULT_MEMORY_LIMIT = "1GB"
+
+
+def configure_duckdb(
+    con: duckdb.DuckDBPyConnection, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 0, temp_dir: Path
+) -> None:
+    """Memory cap, spill folder and threads (0 = DuckDB's default, one per core) for a connection."""
+    con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+    con.execute(f"SET temp_directory = {sql_string(temp_dir)}")
+    if threads > 0:
+        con.execute(f"SET threads = {int(threads)}")
+
+
 def sql_string(value: str | Path) -> str:
     """A SQL string literal (DuckDB COPY/read_csv take file names as literals, not parameters)."""
     return "'" + str(value).replace("'", "''") + "'"

@@ -26,7 +26,6 @@ from inat_assets.dwca.archive import ArchiveError
 from inat_assets.storage import atomic_write_bytes
 
 Log = Callable[[str], None]
-_CHUNK = 1 << 20
 _PROGRESS_SECONDS = 15.0
 
 
@@ -172,7 +171,7 @@ class _Downloader:
         written, started, last = offset, time.monotonic(), time.monotonic()
         with open(self.partial, mode) as out:
             try:
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():  # as received, so an interruption keeps every byte
                     out.write(chunk)
                     written += len(chunk)
                     now = time.monotonic()

@@ -1,0 +1,262 @@
+"""Download benchmark: our engine vs a bare aiohttp loop vs img2dataset, against the local mirror.
+
+    .venv/bin/python bench/download.py                  # 20,000 x 40 KB, latency 0 and 50 ms
+    .venv/bin/python bench/download.py --count 5000 --repeat 3
+    .venv/bin/python bench/download.py --img2dataset-python /path/to/venv/bin/python
+
+The mirror runs in its own process (so it does not share the clients' GIL) and each contender runs
+in a fresh process, which reports wall time, CPU seconds (its children included) and peak memory
+(RSS summed over its process tree, sampled every 250 ms when psutil is installed, otherwise the
+largest ru_maxrss). Every contender fetches the same URL list into its own empty folder; the
+parent checks the file count and total size afterwards. aiohttp and img2dataset are optional:
+a contender that cannot be imported is skipped with a note. Needs ``pip install -e .[bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONTENDERS = ("ours", "ours-2p", "aiohttp", "img2dataset")
+
+
+# --- Children: one contender each -----------------------------------------------------------
+
+class _Meter:
+    """CPU and peak memory of this process and its children while the block runs."""
+
+    def __enter__(self) -> _Meter:
+        self.peak = 0
+        self._stop = threading.Event()
+        try:
+            import psutil
+
+            me = psutil.Process()
+
+            def sample() -> None:
+                while not self._stop.wait(0.25):
+                    procs = [me, *me.children(recursive=True)]
+                    total = 0
+                    for p in procs:
+                        with contextlib.suppress(psutil.Error):
+                            total += p.memory_info().rss
+                    self.peak = max(self.peak, total)
+
+            self._thread: threading.Thread | None = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        except ImportError:
+            self._thread = None
+        self._cpu0 = self._cpu()
+        self._t0 = time.perf_counter()
+        return self
+
+    @staticmethod
+    def _cpu() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self.cpu = self._cpu() - self._cpu0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.peak:
+            own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            self.peak = max(own, kids) * 1024
+
+
+def run_ours(urls: list[str], out: Path, concurrency: int, processes: int = 1) -> None:
+    from urllib.parse import urlsplit
+
+    from inat_assets.download import DownloadConfig, PhotoTask, run_download
+
+    host = urlsplit(urls[0]).hostname or ""
+    config = DownloadConfig(concurrency=concurrency, allowed_hosts=(host,), retries=2, processes=processes)
+    tasks = (PhotoTask(int(u.split("/")[-2]), u) for u in urls)
+    summary = run_download(tasks, out, out / "manifest.parquet", config, total=len(urls))
+    if summary.failed:
+        print(f"ours: {summary.failed} failed: {summary.top_errors}", file=sys.stderr)
+
+
+def run_aiohttp(urls: list[str], out: Path, concurrency: int) -> None:
+    import aiohttp
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            it = iter(urls)
+
+            async def worker() -> None:
+                for url in it:
+                    async with session.get(url) as response:
+                        body = await response.read()
+                    (out / f"{url.split('/')[-2]}.jpg").write_bytes(body)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    asyncio.run(main())
+
+
+def run_img2dataset(urls: list[str], out: Path, concurrency: int) -> None:
+    from img2dataset import download
+
+    listing = out.parent / f"{out.name}-urls.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    download(
+        url_list=str(listing),
+        input_format="txt",
+        output_folder=str(out),
+        output_format="files",
+        processes_count=2,  # one per core; more only adds context switches here
+        thread_count=concurrency // 2,  # per process, so the same requests in flight as the others
+        resize_mode="no",
+        disable_all_reencoding=True,
+        encode_format="jpg",
+        timeout=30,
+        retries=0,
+        number_sample_per_shard=10_000,
+        distributor="multiprocessing",
+        enable_wandb=False,
+        compute_hash=None,
+    )
+
+
+def run_ours_2p(urls: list[str], out: Path, concurrency: int) -> None:
+    run_ours(urls, out, concurrency, processes=2)
+
+
+RUNNERS: dict[str, Callable[[list[str], Path, int], None]] = {
+    "ours": run_ours, "ours-2p": run_ours_2p, "aiohttp": run_aiohttp, "img2dataset": run_img2dataset,
+}
+
+
+def child(args: argparse.Namespace) -> int:
+    urls = [f"{args.base}/photos/{i}/medium.jpg" for i in range(1, args.count + 1)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _Meter() as meter:
+        RUNNERS[args.child](urls, out, args.concurrency)
+    print(json.dumps({"seconds": meter.seconds, "cpu": meter.cpu, "peak": meter.peak}))
+    return 0
+
+
+# --- Parent -----------------------------------------------------------------------------------
+
+def start_mirror(latency_ms: float, image_bytes: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inat_assets.mirror", "--latency-ms", str(latency_ms),
+         "--image-bytes", str(image_bytes)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("serving "):
+        proc.kill()
+        raise SystemExit(f"mirror did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def importable(python: str, module: str) -> bool:
+    return subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def measure(name: str, python: str, base: str, args: argparse.Namespace, work: Path) -> dict[str, float] | None:
+    out = work / f"{name}-out"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [python, str(Path(__file__).resolve()), "--child", name, "--base", base, "--count", str(args.count),
+           "--concurrency", str(args.concurrency), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        print(f"  {name}: failed\n{done.stderr[-800:]}", file=sys.stderr)
+        return None
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    files = [p for p in out.rglob("*.jpg")]
+    result["files"] = len(files)
+    result["bytes_ok"] = all(p.stat().st_size == args.image_bytes for p in files[:200])
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=20_000, help="images per run (default 20,000)")
+    parser.add_argument("--latency-ms", default="0,50", help="comma-separated server latencies")
+    parser.add_argument("--image-bytes", type=int, default=40_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender; medians are reported")
+    parser.add_argument("--only", default=",".join(CONTENDERS), help="contenders to run")
+    parser.add_argument("--workdir", default=None,
+                        help="where contenders write (default: the system temp dir); e.g. /dev/shm to leave the disk out")
+    parser.add_argument("--img2dataset-python", default=sys.executable,
+                        help="interpreter that has img2dataset installed (it pins many packages; a separate venv is fine)")
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--base", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    pythons = {"ours": sys.executable, "ours-2p": sys.executable, "aiohttp": sys.executable,
+               "img2dataset": args.img2dataset_python}
+    modules = {"ours": "httpx", "ours-2p": "httpx", "aiohttp": "aiohttp", "img2dataset": "img2dataset"}
+    names = [n for n in args.only.split(",") if n]
+    for name in list(names):
+        if not importable(pythons[name], modules[name]):
+            print(f"note: {name} skipped ({modules[name]} is not importable by {pythons[name]})")
+            names.remove(name)
+
+    print(f"{args.count} images of {args.image_bytes} B, concurrency {args.concurrency}, "
+          f"{os.cpu_count()} cores, {args.repeat} run(s) each, medians, files in {args.workdir or tempfile.gettempdir()}")
+    work = Path(tempfile.mkdtemp(prefix="inat-bench-", dir=args.workdir))
+    try:
+        for latency in (float(x) for x in args.latency_ms.split(",")):
+            proc, base = start_mirror(latency, args.image_bytes)
+            try:
+                rows: dict[str, dict[str, float]] = {}
+                for name in names:
+                    runs = [r for r in (measure(name, pythons[name], base, args, work) for _ in range(args.repeat)) if r]
+                    if not runs:
+                        continue
+                    rows[name] = {
+                        "rate": statistics.median(args.count / r["seconds"] for r in runs),
+                        "cpu_per_k": statistics.median(r["cpu"] / args.count * 1000 for r in runs),
+                        "peak_mb": statistics.median(r["peak"] / 1e6 for r in runs),
+                        "files": min(r["files"] for r in runs),
+                        "bytes_ok": all(r["bytes_ok"] for r in runs),
+                    }
+            finally:
+                proc.terminate()
+                proc.wait()
+            print(f"\nlatency {latency:g} ms")
+            print(f"  {'contender':<12} {'images/s':>9} {'CPU s/1k':>9} {'peak MB':>8} {'files':>7}")
+            for name, r in rows.items():
+                flag = "" if r["files"] == args.count and r["bytes_ok"] else "  (INCOMPLETE)"
+                print(f"  {name:<12} {r['rate']:>9.0f} {r['cpu_per_k']:>9.2f} {r['peak_mb']:>8.0f} {r['files']:>7}{flag}")
+            for mine in ("ours", "ours-2p"):
+                for other in ("aiohttp", "img2dataset"):
+                    if mine in rows and other in rows:
+                        print(f"  {mine}/{other}: {rows[mine]['rate'] / rows[other]['rate']:.2f}x images/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""``download-images``: download the photos of a fetch list (Parquet) into batch folders.
+
+    download-images --parquet fetch.parquet --output images/ [--size medium] [--contact me@example.org]
+
+Input: the project's ``fetch.parquet`` (columns ``photo_id``, ``url``) or the original workflow's
+file (``foo`` = photo id, ``identifier`` = URL, optional ``format``), read in batches, never whole.
+Output: ``<output>/<batch-key>/<photo_id>.<ext>`` with batch keys ``batch-NNNNNN`` = photo id //
+``--batch-span`` (default 50,000 ids, so a folder never holds more than 50,000 files), and
+``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
+A rerun skips every photo already on disk and retries only failures. Exit status: 0 when every
+photo is ok or cached, 1 when some failed, 2 for unusable arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+import pyarrow.parquet as pq
+
+from inat_assets.download import (
+    BatchFolders,
+    DownloadConfig,
+    DownloadSummary,
+    PhotoTask,
+    Progress,
+    allowed_hosts_from_env,
+    run_download,
+)
+
+SIZES = ("original", "large", "medium", "small", "thumb", "square")
+DEFAULT_BATCH_SPAN = 50_000
+# (photo id column, URL column) per known input layout, most specific first.
+LAYOUTS = (("photo_id", "url"), ("foo", "identifier"))
+_ORIGINAL_SEGMENT = re.compile(r"/original(\.[A-Za-z0-9]+)(?=$|[?#])")
+
+
+class InputError(Exception):
+    """An input file that cannot be used; the message says why."""
+
+
+def with_size(url: str, size: str) -> str:
+    """Swap the ``/original.<ext>`` path segment for another size; other URLs are left alone."""
+    if size == "original":
+        return url
+    return _ORIGINAL_SEGMENT.sub(f"/{size}\\1", url, count=1)
+
+
+def open_fetch_list(path: Path) -> tuple[pq.ParquetFile, str, str, str | None]:
+    """The Parquet file and its (id column, URL column, format column or None)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for "not Parquet"
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    names = set(parquet.schema_arrow.names)
+    for id_col, url_col in LAYOUTS:
+        if {id_col, url_col} <= names:
+            fmt = "format" if id_col == "foo" and "format" in names else None
+            return parquet, id_col, url_col, fmt
+    expected = " or ".join(f"({a}, {b})" for a, b in LAYOUTS)
+    raise InputError(f"{path}: needs columns {expected}; found: {', '.join(sorted(names)) or 'none'}")
+
+
+def iter_tasks(parquet: pq.ParquetFile, id_col: str, url_col: str, fmt_col: str | None, size: str,
+               skipped: list[int]) -> Iterator[PhotoTask]:
+    """Tasks from the file, one record batch in memory at a time; rows without id/URL or with a
+    non-image ``format`` are counted in ``skipped[0]``."""
+    columns = [id_col, url_col] + ([fmt_col] if fmt_col else [])
+    for batch in parquet.iter_batches(batch_size=8192, columns=columns):
+        ids = batch.column(0).to_pylist()
+        urls = batch.column(1).to_pylist()
+        formats = batch.column(2).to_pylist() if fmt_col else None
+        for i, (pid, url) in enumerate(zip(ids, urls, strict=True)):
+            if pid is None or not url or (formats is not None and not str(formats[i] or "image/").startswith("image/")):
+                skipped[0] += 1
+                continue
+            yield PhotoTask(int(pid), with_size(str(url), size))
+
+
+class ProgressLine:
+    """One stderr line, rewritten in place on a terminal and printed anew elsewhere (logs)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+
+    def __call__(self, p: Progress) -> None:
+        if p.total:
+            filled = int(20 * min(p.done / p.total, 1.0))
+            head = f"[{'#' * filled}{'.' * (20 - filled)}] {100 * p.done / p.total:5.1f}% {p.done:,}/{p.total:,}"
+        else:
+            head = f"{p.done:,} photos"
+        eta = f" | ETA {_clock(p.eta_seconds)}" if p.eta_seconds is not None else ""
+        note = f" | {p.note}" if p.note else ""
+        line = (f"{head} | ok {p.ok:,} cached {p.skipped:,} failed {p.failed:,} | {p.rate:,.0f}/s "
+                f"| {p.bytes / 1e6:,.1f} MB{eta}{note}")
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float | None) -> str:
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def print_summary(summary: DownloadSummary, skipped_rows: int, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    c = summary.counts
+    print(f"done in {_clock(summary.seconds)}: {summary.total:,} photos, ok {c['ok']:,}, cached {c['cached']:,}, "
+          f"failed permanently {c['failed_permanent']:,}, failed after retries {c['failed_transient']:,}; "
+          f"{summary.bytes / 1e6:,.1f} MB at {summary.images_per_second:,.1f} images/s", file=stream)
+    if skipped_rows:
+        print(f"{skipped_rows:,} input rows skipped (no id or URL, or not an image format)", file=stream)
+    for reason, count in summary.top_errors:
+        print(f"  {count:>8,}  {reason}", file=stream)
+    print(f"manifest: {summary.manifest_path}", file=stream)
+    if summary.transient_failed:
+        print("photos that failed after retries are fetched again by a rerun", file=stream)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="download-images", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[4:]))
+    parser.add_argument("--parquet", required=True, type=Path, help="fetch list (photo_id, url) or (foo, identifier)")
+    parser.add_argument("--output", required=True, type=Path, help="folder for batch folders and manifest.parquet")
+    parser.add_argument("--size", choices=SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes (default 1); more spread HTTP parsing and file writes over cores")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="also allow this host (repeatable); base list: INAT_ALLOWED_HOSTS or the two iNat hosts")
+    parser.add_argument("--retries", type=int, default=5, help="retries after a transient failure (default 5)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="read timeout in seconds; connect gets a third of it, a whole request 4x (default 30)")
+    parser.add_argument("--contact", default="", help="e-mail or URL added to the User-Agent (iNaturalist asks for one)")
+    parser.add_argument("--batch-span", type=int, default=DEFAULT_BATCH_SPAN, help="photo ids per batch folder")
+    parser.add_argument("--no-other-host", action="store_true", help="do not try the other iNat host on 403/404")
+    parser.add_argument("--progress-interval", type=float, default=1.0, help="seconds between progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.concurrency, args.processes, args.batch_span) < 1 or args.retries < 0 or args.timeout <= 0:
+        print("download-images: --concurrency, --processes, --timeout and --batch-span must be positive, "
+              "--retries >= 0",
+              file=sys.stderr)
+        return 2
+    try:
+        parquet, id_col, url_col, fmt_col = open_fetch_list(args.parquet)
+    except InputError as exc:
+        print(f"download-images: {exc}", file=sys.stderr)
+        return 2
+
+    hosts = tuple(dict.fromkeys([*allowed_hosts_from_env(), *(h.strip().lower() for h in args.allow_host)]))
+    config = replace(
+        DownloadConfig(),
+        concurrency=args.concurrency, processes=args.processes, allowed_hosts=hosts, retries=args.retries,
+        read_timeout=args.timeout, connect_timeout=max(args.timeout / 3, 1.0), request_deadline=args.timeout * 4,
+        contact=args.contact, try_other_host=not args.no_other_host,
+    )
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    manifest = output / "manifest.parquet"
+    span = args.batch_span
+    skipped = [0]
+    progress = None if args.quiet else ProgressLine()
+    started = time.monotonic()
+    try:
+        summary = run_download(
+            iter_tasks(parquet, id_col, url_col, fmt_col, args.size, skipped),
+            BatchFolders(output, span),
+            manifest,
+            config,
+            previous_manifest=manifest if manifest.exists() else None,
+            on_progress=progress,
+            progress_interval=args.progress_interval,
+            total=parquet.metadata.num_rows,
+        )
+    except KeyboardInterrupt:
+        if progress:
+            progress.finish()
+        print(f"interrupted after {time.monotonic() - started:.0f} s; finished files are kept, "
+              "rerun to continue", file=sys.stderr)
+        return 130
+    if progress:
+        progress.finish()
+    print_summary(summary, skipped[0])
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

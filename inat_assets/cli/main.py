@@ -1,0 +1,38 @@
+"""The `inat-assets` command: `demo` runs the whole graph offline; `sample` writes a sample archive."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inat-assets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="materialize every asset on the bundled sample against a local photo mirror (offline)",
+    )
+    demo.add_argument(
+        "--data-dir", type=Path, default=None, help="output folder (default: $INAT_DATA_DIR, else ./demo-data)"
+    )
+    commands.add_parser(
+        "sample",
+        help="write a synthetic sample archive (see `inat-assets sample --help`)",
+        add_help=False,
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "sample":
+        from inat_assets.dwca.sample import main as sample_main
+
+        return sample_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from inat_assets.cli.demo import default_data_dir, run_demo
+
+    return run_demo((args.data_dir or default_data_dir()).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

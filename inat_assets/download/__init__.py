@@ -1,0 +1,102 @@
+"""The image download engine: plain Python (asyncio + httpx), no Dagster.
+
+Typical use::
+
+    from inat_assets.download import DownloadConfig, PhotoTask, batch_key, run_download
+
+    tasks = (PhotoTask(pid, url) for pid, url in rows)          # any iterable, consumed lazily
+    summary = run_download(
+        tasks,
+        dest_dir=lambda pid: root / batch_key(pid, 50_000),     # or one Path
+        manifest_path=root / "manifest.parquet",
+        config=DownloadConfig(contact="me@example.org"),
+        previous_manifest=root / "manifest.parquet",            # optional: size checks on rerun
+        on_progress=print,                                      # called every progress_interval s
+    )
+
+API
+---
+``HostLimits(requests_per_second, bytes_per_hour, bytes_per_day)``
+    Politeness for one host (None = unlimited). Budgets are per process.
+``DownloadConfig(concurrency=64, allowed_hosts=INAT_PHOTO_HOSTS, host_limits=DEFAULT_HOST_LIMITS,
+retries=5, connect_timeout=10, read_timeout=30, request_deadline=120, max_bytes=50 MB,
+try_other_host=True, other_hosts=..., contact="", backoff_base=1, backoff_max=60,
+retry_after_max=300, max_redirects=5, http2=False, ca_file=None, fast_network_backend=True,
+processes=1)`` -- ``processes > 1`` runs worker processes (limits split between them; see
+``inat_assets.download.processes``).
+``PhotoTask(photo_id, url)``
+``run_download(tasks, dest_dir, manifest_path, config, *, previous_manifest=None, on_progress=None,
+progress_interval=5.0, total=None) -> DownloadSummary``
+``Progress``: done, total, ok, failed, skipped, bytes, rate, eta_seconds, elapsed, note
+``DownloadSummary``: total, counts, bytes, seconds, images_per_second, top_errors, manifest_path,
+transient_failed, permanent_failed, ok, cached (and ``failed``)
+``MANIFEST_SCHEMA``: photo_id, url, path, status, http_status, bytes, sha256, content_type, attempts,
+error, seconds. One row per task, in completion order.
+``batch_key(photo_id, span) -> "batch-%06d" % (photo_id // span)``
+``BatchFolders(root, span)``: ``root / batch_key(pid, span)`` as a picklable ``dest_dir``.
+``allowed_hosts_from_env()``: ``INAT_ALLOWED_HOSTS`` (comma-separated), else the two iNat hosts.
+
+Statuses: ``ok`` (downloaded now), ``cached`` (already on disk and valid, no request made),
+``failed_permanent`` (404/403/410 and other 4xx, not an image, too large, host not allowed,
+bad URL; not retried), ``failed_transient`` (connect errors, resets, timeouts, 429, 5xx,
+truncated bodies that still failed after ``retries`` retries; a rerun tries them again).
+
+Behaviour
+---------
+* Only http(s) URLs on allowed hosts; redirects are followed by hand, each hop checked, at most
+  ``max_redirects``. File names come from the photo id only, the extension from the magic bytes
+  (jpg, png, gif, webp). A file is kept only for status 200, image bytes, the full Content-Length.
+* On 403/404 the same ``photos/<id>/<size>.<ext>`` path is tried once on the paired host
+  (static.inaturalist.org <-> inaturalist-open-data.s3.amazonaws.com) when that host is allowed.
+* Retries back off exponentially with jitter, or as ``Retry-After`` says (capped); 429 and 503
+  pause the whole host, not just the request. When a byte budget is used up, requests to that
+  host wait (logged, and shown in ``Progress.note``); they never fail for it.
+* Every request has connect and read timeouts and a deadline for the whole request, so every run
+  ends with every task settled.
+* Files are written atomically (temporary ``.part`` name, then rename); stale ``.part`` files are
+  removed from a folder when the run first uses it; the manifest is renamed into place at the end.
+
+Performance notes are in ``inat_assets.download.network``.
+"""
+
+from inat_assets.download.config import (
+    CACHED,
+    DEFAULT_HOST_LIMITS,
+    FAILED_PERMANENT,
+    FAILED_TRANSIENT,
+    INAT_PHOTO_HOSTS,
+    OK,
+    OPEN_DATA_HOST,
+    STATIC_HOST,
+    STATUSES,
+    DownloadConfig,
+    HostLimits,
+    PhotoTask,
+    allowed_hosts_from_env,
+    batch_key,
+)
+from inat_assets.download.engine import DownloadSummary, Progress, run_download
+from inat_assets.download.manifest import MANIFEST_SCHEMA
+from inat_assets.download.processes import BatchFolders
+
+__all__ = [
+    "CACHED",
+    "DEFAULT_HOST_LIMITS",
+    "FAILED_PERMANENT",
+    "FAILED_TRANSIENT",
+    "INAT_PHOTO_HOSTS",
+    "MANIFEST_SCHEMA",
+    "OK",
+    "OPEN_DATA_HOST",
+    "STATIC_HOST",
+    "STATUSES",
+    "BatchFolders",
+    "DownloadConfig",
+    "DownloadSummary",
+    "HostLimits",
+    "PhotoTask",
+    "Progress",
+    "allowed_hosts_from_env",
+    "batch_key",
+    "run_download",
+]

@@ -1,0 +1,131 @@
+"""Settings for the download engine: what may be fetched, how fast, and how patiently."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import inat_assets
+
+STATIC_HOST = "static.inaturalist.org"
+OPEN_DATA_HOST = "inaturalist-open-data.s3.amazonaws.com"
+INAT_PHOTO_HOSTS: tuple[str, ...] = (OPEN_DATA_HOST, STATIC_HOST)
+ALLOWED_HOSTS_ENV = "INAT_ALLOWED_HOSTS"
+
+GB = 1_000_000_000
+MB = 1_000_000
+
+# Statuses of a manifest row.
+OK = "ok"
+CACHED = "cached"
+FAILED_PERMANENT = "failed_permanent"
+FAILED_TRANSIENT = "failed_transient"
+STATUSES = (OK, CACHED, FAILED_PERMANENT, FAILED_TRANSIENT)
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """Politeness limits for one host; ``None`` means unlimited.
+
+    Budgets are per process: every download running in this Python process shares one counter per
+    host (so consecutive or concurrent ``run_download`` calls add up), but separate processes do
+    not know about each other. Running N processes at once against the same host multiplies the
+    effective budget by N: give each of them 1/N of it.
+    """
+
+    requests_per_second: float | None = None
+    bytes_per_hour: int | None = None
+    bytes_per_day: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.requests_per_second is None and self.bytes_per_hour is None and self.bytes_per_day is None
+
+
+UNLIMITED = HostLimits()
+
+# iNaturalist: "Downloading over 5 GB of media per hour or 24 GB of media per day may result in a
+# permanent block." Stay clearly below both (requests still in flight when a budget runs out can
+# overshoot it by up to concurrency x image size). The open-data bucket has no iNaturalist limit;
+# S3 throttles with 503 SlowDown, which the engine answers by pausing the host.
+DEFAULT_HOST_LIMITS: Mapping[str, HostLimits] = MappingProxyType(
+    {
+        STATIC_HOST: HostLimits(requests_per_second=5.0, bytes_per_hour=4_500 * MB, bytes_per_day=22 * GB),
+        OPEN_DATA_HOST: UNLIMITED,
+    }
+)
+
+# The same photos/<id>/<size>.<ext> path is often on the other host when one answers 403/404.
+DEFAULT_OTHER_HOSTS: Mapping[str, str] = MappingProxyType({STATIC_HOST: OPEN_DATA_HOST, OPEN_DATA_HOST: STATIC_HOST})
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Everything that shapes a download run. All durations are seconds."""
+
+    concurrency: int = 64  # requests in flight in total (split across processes)
+    # Worker processes. 1 runs everything on one event loop; more spread HTTP parsing, hashing and
+    # file writes over cores (see processes.py). dest_dir must then be picklable (BatchFolders).
+    processes: int = 1
+    allowed_hosts: tuple[str, ...] = INAT_PHOTO_HOSTS
+    host_limits: Mapping[str, HostLimits] = field(default_factory=lambda: DEFAULT_HOST_LIMITS)
+    default_limits: HostLimits = UNLIMITED  # for allowed hosts missing from host_limits
+    retries: int = 5  # extra attempts after a transient failure
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0  # longest silence while waiting for bytes
+    request_deadline: float = 120.0  # whole request: connect, headers and body, per redirect hop
+    max_bytes: int = 50 * MB
+    try_other_host: bool = True
+    other_hosts: Mapping[str, str] = field(default_factory=lambda: DEFAULT_OTHER_HOSTS)
+    contact: str = ""
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    retry_after_max: float = 300.0  # a longer Retry-After is shortened to this
+    max_redirects: int = 5
+    http2: bool = False  # S3 speaks HTTP/1.1 only; static.inaturalist.org is rate-limited anyway
+    ca_file: str | None = None  # extra CA bundle to trust instead of certifi's (tests, TLS-inspecting proxies)
+    # Our asyncio network backend for httpcore instead of its anyio one: about 40 % less CPU per
+    # request. False falls back to httpx's stock transport.
+    fast_network_backend: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.processes < 1:
+            raise ValueError("concurrency and processes must be at least 1")
+        if self.retries < 0:
+            raise ValueError("retries must be 0 or more")
+        # Host names compare case-insensitively; normalise once here.
+        object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
+
+    @property
+    def user_agent(self) -> str:
+        # iNaturalist asks for a User-Agent that names the application; the contact (an e-mail or
+        # URL) lets them reach the operator instead of blocking the IP.
+        agent = f"inat-assets/{inat_assets.__version__}"
+        return f"{agent} (+{self.contact.strip()})" if self.contact.strip() else agent
+
+    def limits_for(self, host: str) -> HostLimits:
+        return self.host_limits.get(host, self.default_limits)
+
+
+@dataclass(frozen=True)
+class PhotoTask:
+    """One photo to fetch. The file name comes from ``photo_id`` only, never from the URL."""
+
+    photo_id: int
+    url: str
+
+
+def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple[str, ...]:
+    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty."""
+    raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    return hosts or default
+
+
+def batch_key(photo_id: int, span: int) -> str:
+    """The folder a photo goes into: ``batch-000123`` holds ids 123*span .. 124*span-1."""
+    if span < 1:
+        raise ValueError("span must be at least 1")
+    return f"batch-{photo_id // span:06d}"

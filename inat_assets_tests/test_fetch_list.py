@@ -1,0 +1,118 @@
+"""tables -> fetch.parquet: the photo list, its filters, its metadata and checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from inat_assets.dwca.fetchlist import FetchListError, normalize_licenses, validate_where
+from inat_assets.dwca.sample import SampleArchiveInfo
+from inat_assets_tests.conftest import checks, metadata, query, run_graph
+
+
+@pytest.fixture(scope="module")
+def tables_48(sample_48: SampleArchiveInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("tables48")
+    run_graph(sample_48.path, data, with_fetch=False)
+    return data
+
+
+def _fetch(sample: SampleArchiveInfo, data: Path, **config: object) -> dict:
+    result = run_graph(sample.path, data, fetch_config=config)
+    return {"meta": metadata(result, "fetch_parquet"), "checks": checks(result)}
+
+
+def test_default_fetch_list_is_plantae_still_images(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
+    out = _fetch(sample_48, tmp_path)
+    meta = out["meta"]
+    assert meta["rows"] == sample_48.photos_by_kingdom["Plantae"] > 0
+    assert meta["orphan_media"] == sample_48.orphan_media > 0
+    assert meta["sounds_and_other_media"] == sample_48.sounds > 0
+    assert "| family | photos |" in meta["top_families"] and "| license | photos |" in meta["licenses"]
+    assert out["checks"][("fetch_parquet", "unique_photo_ids_with_http_urls")] is True
+    fetch = f"'{tmp_path}/fetch.parquet'"
+    columns = [r[0] for r in query(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {fetch})")]
+    for column in ("photo_id", "observation_id", "url", "format", "license", "rights_holder", "creator",
+                   "scientific_name", "taxon_id", "taxon_rank", "kingdom", "phylum", "class", "order",
+                   "family", "genus", "country_code", "event_date"):  # fmt: skip
+        assert column in columns
+    ids = [r[0] for r in query(f"SELECT photo_id FROM {fetch}")]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert query(f"SELECT DISTINCT kingdom FROM {fetch}") == [("Plantae",)]
+    # No sound ever, even where a sound's id equals a photo's id.
+    assert query(f"SELECT count(*) FROM {fetch} WHERE url LIKE '%/sounds/%' OR format NOT LIKE 'image/%'") == [(0,)]
+    licenses = {r[0] for r in query(f"SELECT DISTINCT license FROM {fetch}")}
+    assert licenses <= {"CC0", "CC-BY", "CC-BY-NC", "CC-BY-SA", "CC-BY-ND", "CC-BY-NC-SA", "CC-BY-NC-ND"}
+    # Row groups are small enough to read one batch of ids without the whole file.
+    groups = query(f"SELECT count(DISTINCT row_group_id) FROM parquet_metadata({fetch})")[0][0]
+    assert groups >= 1
+
+
+def test_all_kingdoms_and_the_real_rows(real_archive: SampleArchiveInfo, tmp_path: Path) -> None:
+    meta = _fetch(real_archive, tmp_path, kingdom=[])["meta"]
+    assert meta["rows"] == sum(real_archive.photos_by_kingdom.values())
+    assert meta["observations"] == 50
+
+
+def test_filters_combine(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
+    meta = _fetch(
+        sample_48,
+        tmp_path,
+        kingdom=[],
+        license=["cc-by", "http://creativecommons.org/publicdomain/zero/1.0/"],
+        photo_size="medium",
+    )["meta"]
+    expected = sample_48.photos_by_license.get("CC-BY", 0) + sample_48.photos_by_license.get("CC0", 0)
+    assert meta["rows"] == expected > 0
+    urls = [r[0] for r in query(f"SELECT url FROM '{tmp_path}/fetch.parquet'")]
+    assert all("/medium." in u and "/original." not in u for u in urls)
+    assert {r[0] for r in query(f"SELECT DISTINCT license FROM '{tmp_path}/fetch.parquet'")} == {"CC-BY", "CC0"}
+
+
+def test_rank_country_captive_date_and_where_filters(sample_48: SampleArchiveInfo, tables_48: Path, tmp_path: Path) -> None:
+    obs, media = f"'{tables_48}/observations.parquet'", f"'{tables_48}/media.parquet'"
+    base = f"FROM {media} m JOIN {obs} o ON o.id = m.id WHERE m.type = 'StillImage'"
+    family = query(f"SELECT o.family, count(*) {base} AND o.kingdom = 'Plantae' GROUP BY ALL ORDER BY 2 DESC LIMIT 1")[0]
+    meta = _fetch(sample_48, tmp_path / "a", family=[family[0]])["meta"]
+    assert meta["rows"] == family[1]
+    wild = query(f"SELECT count(*) {base} AND o.kingdom = 'Plantae' AND o.captive = 'wild'")[0][0]
+    assert _fetch(sample_48, tmp_path / "b", captive="wild")["meta"]["rows"] == wild
+    dated = query(
+        f"SELECT count(*) {base} AND o.kingdom = 'Plantae' AND left(o.eventDate, 10) BETWEEN '2020-01-01' AND '2022-12-31'"
+    )[0][0]
+    meta = _fetch(sample_48, tmp_path / "c", event_date_from="2020-01-01", event_date_to="2022-12-31")["meta"]
+    assert meta["rows"] == dated
+    namibia = query(f"SELECT count(*) {base} AND o.countryCode = 'NA'")[0][0]
+    assert _fetch(sample_48, tmp_path / "d", kingdom=[], country_code=["NA"])["meta"]["rows"] == namibia > 0
+    precise = query(f"SELECT count(*) {base} AND o.kingdom = 'Plantae' AND o.coordinateUncertaintyInMeters < 100")[0][0]
+    meta = _fetch(sample_48, tmp_path / "e", where="o.coordinateUncertaintyInMeters < 100")["meta"]
+    assert meta["rows"] == precise
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["1=1; DROP TABLE x", "1) AS a, (2", "1) AS x FROM t WHERE (1", "", "COPY t TO 'x'", "1=1 UNION SELECT 2"],
+)
+def test_raw_where_must_be_one_expression(expression: str) -> None:
+    with pytest.raises(FetchListError, match="where"):
+        validate_where(expression)
+
+
+def test_where_with_unknown_column_fails_clearly(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
+    result = run_graph(sample_48.path, tmp_path, fetch_config={"where": "o.no_such_column = 1"}, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "no_such_column" in str(failure.event_specific_data.error)
+
+
+def test_bad_filter_values_are_rejected() -> None:
+    with duckdb.connect() as con:
+        assert normalize_licenses(con, ["by-nc-sa", "CC BY", "https://creativecommons.org/licenses/by-nd/4.0/"]) == [
+            "CC-BY-NC-SA",
+            "CC-BY",
+            "CC-BY-ND",
+        ]
+        with pytest.raises(FetchListError, match="not a Creative Commons"):
+            normalize_licenses(con, ["all rights reserved"])
