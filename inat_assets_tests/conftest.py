@@ -13,7 +13,12 @@ from dagster import ExecuteInProcessResult, materialize
 from dagster_duckdb import DuckDBResource
 
 from inat_assets import definitions
-from inat_assets.dwca.sample import SampleArchiveInfo, SampleSpec, archive_from_observations_csv, write_sample_archive
+from inat_assets.dwca.sample import (
+    SampleArchiveInfo,
+    SampleSpec,
+    archive_from_observations_csv,
+    write_sample_archive,
+)
 from inat_assets.resources import InatSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_unreachable_url_and_http_errors(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(ArchiveError, match=f"127.0.0.1:{port}"):
+    with pytest.raises(ArchiveError, match=re.escape(f"127.0.0.1:{port}")):
         resolve_archive(f"http://127.0.0.1:{port}/gbif-observations-dwca.zip", tmp_path, attempts=1)
     with serve_archive(ArchiveServerState(body=b"")) as url, pytest.raises(ArchiveError, match="HTTP 404"):
         resolve_archive(url.replace("gbif-observations-dwca.zip", "missing.zip"), tmp_path)
@@ -77,7 +78,7 @@ def test_not_a_zip_missing_member_and_missing_file(tmp_path: Path) -> None:
     no_media = tmp_path / "no_media.zip"
     with zipfile.ZipFile(no_media, "w") as zf:
         zf.writestr("observations.csv", "id,taxonID,scientificName,kingdom\n1,2,x,Plantae\n")
-    with pytest.raises(ArchiveError, match="no member 'media.csv'"):
+    with pytest.raises(ArchiveError, match=r"no member 'media\.csv'"):
         inspect_archive(no_media)
     with pytest.raises(ArchiveError, match="no such file"):
         resolve_archive(str(tmp_path / "absent.zip"), tmp_path)
@@ -100,7 +101,7 @@ def test_damaged_member_is_detected(sample_48: SampleArchiveInfo, tmp_path: Path
     data[middle] ^= 0xFF
     damaged = tmp_path / "damaged.zip"
     damaged.write_bytes(bytes(data))
-    with pytest.raises((ArchiveError, Exception), match="damaged|invalid|error"):
+    with pytest.raises(ArchiveError, match="is damaged"):
         for _ in iter_member_bytes(damaged, "observations.csv"):
             pass
     result = run_graph(damaged, tmp_path / "data", with_fetch=False, raise_on_error=False)

@@ -26,8 +26,10 @@ def test_dagster_asset_materialize_command(sample_45: SampleArchiveInfo, tmp_pat
     }
     dagster = Path(sys.executable).with_name("dagster")
     completed = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "inat_assets.definitions",
-         "--select", "dwca_archive,observations_parquet,media_parquet,fetch_parquet"],  # fmt: skip
+        [
+            str(dagster), "asset", "materialize", "-m", "inat_assets.definitions",
+            "--select", "dwca_archive,observations_parquet,media_parquet,fetch_parquet",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
