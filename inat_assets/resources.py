@@ -52,11 +52,11 @@ class InatSettings(ConfigurableResource):
         description="INAT_DUCKDB_TEMP_DIR: DuckDB spill folder; empty = <data_dir>/tmp/duckdb.",
     )
     csv_read_mode: str = Field(
-        default="stream",
+        default="auto",
         description=(
-            "INAT_CSV_READ_MODE: 'stream' pipes each CSV member out of the zip into DuckDB (no "
-            "extraction); 'extract' first extracts it to the scratch folder (needs the member's "
-            "full size on disk, lets DuckDB read the CSV in parallel)."
+            "INAT_CSV_READ_MODE: 'stream' pipes each CSV member out of the zip into DuckDB (no disk "
+            "for the CSV); 'extract' inflates it to the scratch folder first so DuckDB reads it with "
+            "all threads (needs the member's size free); 'auto' extracts when there is room, else streams."
         ),
     )
     contact: str = Field(

@@ -22,6 +22,15 @@ class StorageError(RuntimeError):
     """A data directory that cannot be used."""
 
 
+def _temporary_beside(final: Path) -> tuple[int, Path]:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    except FileNotFoundError:  # first file in a new folder; mkdir only then (it is a syscall per file)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    return fd, Path(name)
+
+
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
@@ -30,10 +39,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     (and the rerun logic that skips finished files) never mistake it for a finished file. A crash
     at any moment leaves at most a ``.part`` file, never a partial file under the final name.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    fd, tmp = _temporary_beside(final)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -43,12 +50,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``final`` atomically (temporary file, then rename)."""
-    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
+    """Write ``data`` to ``final`` atomically (temporary file, then rename), through one descriptor."""
+    fd, tmp = _temporary_beside(final)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove_stale_parts(folder: Path) -> int:

@@ -162,10 +162,12 @@ def _copy_csv_to_parquet(
         f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {_BUFFER_BYTES})"
     )
     # Row order inside these tables carries no meaning; not preserving it lets DuckDB write row
-    # groups from every thread (2.4-3.4x faster measured).
+    # groups from every thread (2.4-3.4x faster measured). ZSTD level 1 instead of DuckDB's default
+    # 3: the Parquet encoding is most of the work, and level 1 cut it by a third (7.2 -> 4.9 s on
+    # 2M observations) for files 1 % larger.
     con.execute("SET preserve_insertion_order = false")
     result = con.execute(
-        f"COPY (SELECT * FROM {read_csv}) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd)"
+        f"COPY (SELECT * FROM {read_csv}) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
     ).fetchone()
     return int(result[0]) if result else 0
 
@@ -182,7 +184,7 @@ def _write_rejects(con: duckdb.DuckDBPyConnection, reject_table: str, output: Pa
             FROM {reject_table}
             GROUP BY line
             ORDER BY line
-        ) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd)
+        ) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)
         """
     )
     count = con.execute(f"SELECT count(DISTINCT line) FROM {reject_table}").fetchone()
