@@ -17,7 +17,7 @@ Typical use::
 API
 ---
 ``HostLimits(requests_per_second, bytes_per_hour, bytes_per_day)``
-    Politeness for one host (None = unlimited). Budgets are per process.
+    Politeness for one host (None = unlimited). Budgets are per run_download call.
 ``DownloadConfig(concurrency=64, allowed_hosts=INAT_PHOTO_HOSTS, host_limits=DEFAULT_HOST_LIMITS,
 retries=5, connect_timeout=10, read_timeout=30, request_deadline=120, max_bytes=50 MB,
 try_other_host=True, other_hosts=..., contact="", backoff_base=1, backoff_max=60,

@@ -29,10 +29,10 @@ STATUSES = (OK, CACHED, FAILED_PERMANENT, FAILED_TRANSIENT)
 class HostLimits:
     """Politeness limits for one host; ``None`` means unlimited.
 
-    Budgets are per process: every download running in this Python process shares one counter per
-    host (so consecutive or concurrent ``run_download`` calls add up), but separate processes do
-    not know about each other. Running N processes at once against the same host multiplies the
-    effective budget by N: give each of them 1/N of it.
+    Budgets are per ``run_download`` call: its requests to a host share one counter, but separate
+    runs (and processes) do not know about each other. Running N downloads at once against the
+    same host multiplies the effective budget by N: give each 1/N of it (``processes=N`` does that
+    for its children; the Dagster image batches share the pool ``inat_downloads``: give it limit 1).
     """
 
     requests_per_second: float | None = None

@@ -15,7 +15,7 @@ import httpx
 
 from inat_assets.download.config import FAILED_PERMANENT, FAILED_TRANSIENT, OK, DownloadConfig
 from inat_assets.download.files import describe_non_image, sniff_image
-from inat_assets.download.politeness import HostGate, WaitNote, gate_for
+from inat_assets.download.politeness import HostGate, HostGates, WaitNote
 
 log = logging.getLogger("inat_assets.download")
 
@@ -83,6 +83,7 @@ class Fetcher:
         self.config = config
         self.allowed = frozenset(config.allowed_hosts)
         self.note = note
+        self.gates = HostGates()  # this run's per-host pacing, budgets and pauses
         self.headers = [
             ("User-Agent", config.user_agent),
             ("Accept", "image/*,*/*;q=0.5"),
@@ -164,7 +165,7 @@ class Fetcher:
             if hop.http_status in _THROTTLED:
                 # The host asked everyone to slow down, not just this request: hold the whole
                 # host; the next attempt waits in the gate along with every other request.
-                gate_for(hop.host).pause(delay)
+                self.gates.for_host(hop.host).pause(delay)
             else:
                 await asyncio.sleep(delay)
 
@@ -186,7 +187,7 @@ class Fetcher:
         return _Hop("permanent", None, f"too many redirects (more than {self.config.max_redirects})", host=host)
 
     async def _request(self, url: str, host: str, transport: httpx.AsyncBaseTransport) -> _Hop:
-        gate = gate_for(host)
+        gate = self.gates.for_host(host)
         await gate.acquire(self.config.limits_for(host), self.note)
         try:
             request = httpx.Request("GET", url, headers=self.headers, extensions={"timeout": self.timeouts})

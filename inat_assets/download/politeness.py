@@ -1,8 +1,7 @@
 """Per-host politeness: request spacing, hourly and daily byte budgets, and pauses after throttling.
 
-One ``HostGate`` per host name per process (``gate_for``), shared by every download in the process,
-so that consecutive or concurrent runs in one process draw on the same budget. Other processes are
-not seen: see ``HostLimits``.
+One ``HostGate`` per host name per download run (``HostGates``, owned by the run's Fetcher).
+Other runs and other processes are not seen: see ``HostLimits``.
 """
 
 from __future__ import annotations
@@ -128,20 +127,20 @@ class HostGate:
             await asyncio.sleep(slot_wait)
 
 
-_GATES: dict[str, HostGate] = {}
-_GATES_LOCK = threading.Lock()
+class HostGates:
+    """The gates of one download run, one per host, created on first use.
 
+    Owned by the run's Fetcher and passed nowhere else: no module-level state, so two runs (or two
+    tests) in one process never see each other's pauses or budgets.
+    """
 
-def gate_for(host: str) -> HostGate:
-    """This process's gate for ``host`` (created on first use)."""
-    gate = _GATES.get(host)
-    if gate is None:
-        with _GATES_LOCK:
-            gate = _GATES.setdefault(host, HostGate(host))
-    return gate
+    def __init__(self) -> None:
+        self._gates: dict[str, HostGate] = {}
+        self._lock = threading.Lock()
 
-
-def reset_gates() -> None:
-    """Forget all budgets and pauses (tests; a long-lived process starting a fresh day)."""
-    with _GATES_LOCK:
-        _GATES.clear()
+    def for_host(self, host: str) -> HostGate:
+        gate = self._gates.get(host)
+        if gate is None:
+            with self._lock:
+                gate = self._gates.setdefault(host, HostGate(host))
+        return gate

@@ -8,21 +8,11 @@ from pathlib import Path
 import pytest
 
 from inat_assets.download import DownloadConfig
-from inat_assets.download.politeness import reset_gates
 from inat_assets.mirror import MirrorServer, serve_mirror
 
 HOST_A = "127.0.0.1"  # plays static.inaturalist.org
 HOST_B = "127.0.0.2"  # plays the open-data bucket
 IMAGE_BYTES = 3000  # small images keep the tests quick; sizes are not what they test
-
-
-@pytest.fixture(autouse=True)
-def _fresh_host_gates() -> Iterator[None]:
-    # Host pauses and byte budgets live for the whole process; a 429 in one test must not slow
-    # down the next one.
-    reset_gates()
-    yield
-    reset_gates()
 
 
 @pytest.fixture
