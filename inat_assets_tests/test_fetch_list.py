@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import duckdb
@@ -116,3 +117,26 @@ def test_bad_filter_values_are_rejected() -> None:
         ]
         with pytest.raises(FetchListError, match="not a Creative Commons"):
             normalize_licenses(con, ["all rights reserved"])
+
+
+def test_a_photo_listed_twice_is_fetched_once(real_archive: SampleArchiveInfo, tmp_path: Path) -> None:
+    """The same photo id under two observations: one row, the lower observation id, counted."""
+    with zipfile.ZipFile(real_archive.path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    lines = members["media.csv"].decode().splitlines()
+    first = lines[1].split(",")
+    photo_id, observation_id = first[-1], int(first[0])
+    other = max(int(line.split(",")[0]) for line in lines[1:] if line.split(",")[0].isdigit())
+    assert other != observation_id
+    duplicate = ",".join([str(other), *first[1:]])
+    members["media.csv"] = ("\n".join([*lines, duplicate]) + "\n").encode()
+    archive = tmp_path / "dup.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    result = run_graph(archive, tmp_path / "data", fetch_config={"kingdom": []})
+    meta = metadata(result, "fetch_parquet")
+    assert meta["rows"] == sum(real_archive.photos_by_kingdom.values())
+    assert meta["duplicate_photo_ids"] == 1
+    rows = query(f"SELECT observation_id FROM '{tmp_path}/data/fetch.parquet' WHERE photo_id = ?", int(photo_id))
+    assert rows == [(min(observation_id, other),)]
