@@ -93,7 +93,8 @@ def test_failed_run_names_the_problem(tmp_path: Path) -> None:
     assert "not a valid zip" in str(failure.event_specific_data.error)
 
 
-def test_damaged_member_is_detected(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_mode", ["stream", "extract"])
+def test_damaged_member_is_detected(sample_48: SampleArchiveInfo, tmp_path: Path, read_mode: str) -> None:
     data = bytearray(sample_48.path.read_bytes())
     with zipfile.ZipFile(sample_48.path) as zf:
         info = zf.getinfo("observations.csv")
@@ -104,6 +105,9 @@ def test_damaged_member_is_detected(sample_48: SampleArchiveInfo, tmp_path: Path
     with pytest.raises(ArchiveError, match="is damaged"):
         for _ in iter_member_bytes(damaged, "observations.csv"):
             pass
-    result = run_graph(damaged, tmp_path / "data", with_fetch=False, raise_on_error=False)
+    result = run_graph(damaged, tmp_path / "data", with_fetch=False, raise_on_error=False, csv_read_mode=read_mode)
     assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "is damaged" in str(failure.event_specific_data.error)
     assert not (tmp_path / "data" / "observations.parquet").exists()
+    assert not list((tmp_path / "data" / "tmp").rglob("*.csv"))  # no pipe or extracted member left behind

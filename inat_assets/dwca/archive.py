@@ -170,7 +170,13 @@ def iter_member_bytes(path: Path, name: str, chunk_size: int = 4 << 20) -> Itera
             if not raw:
                 break
             remaining -= len(raw)
-            out = inflater.decompress(raw) if inflater else raw
+            try:
+                out = inflater.decompress(raw) if inflater else raw
+            except _inflate_lib.error as exc:
+                raise ArchiveError(
+                    f"{path}:{name} is damaged: the compressed data is invalid after {produced:,} bytes ({exc}). "
+                    "Delete the archive and download it again."
+                ) from exc
             if out:
                 crc = _inflate_lib.crc32(out, crc)
                 produced += len(out)
