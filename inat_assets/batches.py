@@ -81,7 +81,9 @@ def plan_batches(
     if not span:
         photos, lo, hi = con.execute(f"SELECT count(*), min(photo_id), max(photo_id) FROM {source}").fetchone()  # type: ignore[misc]
         span = nice_span(int(photos), int(lo or 0), int(hi or 0))
-    if stored is None:
+    has_photos = con.execute(f"SELECT count(*) > 0 FROM {source}").fetchone()[0]  # type: ignore[index]
+    # An empty first list (a typo in a filter) must not fix a span for good; the next run chooses.
+    if stored is None and has_photos:
         atomic_write_bytes(state_file, json.dumps({"span": span}).encode())
     indices = con.execute(f"SELECT DISTINCT photo_id // {int(span)} AS i FROM {source} ORDER BY i").fetchall()
     return BatchPlan(span, [batch_key(int(i) * span, span) for (i,) in indices])

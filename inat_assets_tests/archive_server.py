@@ -15,6 +15,7 @@ class ArchiveServerState:
     etag: str = '"v1"'
     last_modified: str = "Wed, 21 Oct 2026 07:28:00 GMT"
     truncate_next: int = 0  # the next N full responses send only half the body, then close
+    unavailable_next: int = 0  # the next N requests get 503
     requests: list[dict[str, str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
 
@@ -43,6 +44,10 @@ def serve_archive(state: ArchiveServerState) -> Iterator[str]:
             state.requests.append(dict(self.headers.items()))
             if self.path != "/gbif-observations-dwca.zip":
                 self._send(404, {"Content-Length": "9"}, b"not found")
+                return
+            if state.unavailable_next > 0:
+                state.unavailable_next -= 1
+                self._send(503, {"Content-Length": "4", "Retry-After": "1"}, b"busy")
                 return
             common = {"ETag": state.etag, "Last-Modified": state.last_modified, "Accept-Ranges": "bytes"}
             if self.headers.get("If-None-Match") == state.etag:

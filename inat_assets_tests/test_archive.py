@@ -44,6 +44,26 @@ def test_url_download_resume_and_not_modified(sample_48: SampleArchiveInfo, tmp_
         assert resolve_archive(url, tmp_path).origin == "downloaded"
 
 
+def test_busy_server_is_retried_and_a_complete_partial_is_finished_without_refetching(
+    sample_48: SampleArchiveInfo, tmp_path: Path
+) -> None:
+    body = sample_48.path.read_bytes()
+    state = ArchiveServerState(body=body, unavailable_next=2)
+    with serve_archive(state) as url:
+        assert resolve_archive(url, tmp_path / "a", backoff_seconds=0.01).path.read_bytes() == body
+        assert state.statuses == [503, 503, 200]
+        # A process killed after the last byte but before the rename left a complete .partial.
+        final = tmp_path / "a" / "gbif-observations-dwca.zip"
+        final.rename(tmp_path / "a" / "gbif-observations-dwca.zip.partial")
+        (tmp_path / "a" / "gbif-observations-dwca.zip.json").rename(
+            tmp_path / "a" / "gbif-observations-dwca.zip.partial.json"
+        )
+        requests = len(state.requests)
+        again = resolve_archive(url, tmp_path / "a")
+        assert again.origin == "resumed" and again.path.read_bytes() == body
+        assert len(state.requests) == requests  # nothing was fetched again
+
+
 def test_the_graph_downloads_a_url_source(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
     with serve_archive(ArchiveServerState(body=sample_48.path.read_bytes())) as url:
         result = run_graph(url, tmp_path / "data", with_fetch=False)

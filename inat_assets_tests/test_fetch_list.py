@@ -94,11 +94,28 @@ def test_rank_country_captive_date_and_where_filters(sample_48: SampleArchiveInf
 
 @pytest.mark.parametrize(
     "expression",
-    ["1=1; DROP TABLE x", "1) AS a, (2", "1) AS x FROM t WHERE (1", "", "COPY t TO 'x'", "1=1 UNION SELECT 2"],
+    [
+        "1=1; DROP TABLE x",
+        "1) AS a, (2",
+        "1) AS x FROM t WHERE (1",
+        "",
+        "COPY t TO 'x'",
+        "1=1 UNION SELECT 2",
+        "(SELECT count(*) FROM read_text('/etc/passwd')) > 0",
+        "1 --",
+    ],
 )
 def test_raw_where_must_be_one_expression(expression: str) -> None:
     with pytest.raises(FetchListError, match="where"):
         validate_where(expression)
+
+
+def test_where_cannot_escape_its_parentheses(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
+    """`1) OR (true` parses as one expression; pasted back as parsed, the kingdom filter still holds."""
+    assert validate_where("1) OR (true") == "(1 OR true)"
+    meta = _fetch(sample_48, tmp_path, where="1) OR (true")["meta"]
+    assert meta["rows"] == sample_48.photos_by_kingdom["Plantae"]
+    assert query(f"SELECT DISTINCT kingdom FROM '{tmp_path}/fetch.parquet'") == [("Plantae",)]
 
 
 def test_where_with_unknown_column_fails_clearly(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
@@ -110,11 +127,11 @@ def test_where_with_unknown_column_fails_clearly(sample_48: SampleArchiveInfo, t
 
 def test_bad_filter_values_are_rejected() -> None:
     with duckdb.connect() as con:
-        assert normalize_licenses(con, ["by-nc-sa", "CC BY", "https://creativecommons.org/licenses/by-nd/4.0/"]) == [
-            "CC-BY-NC-SA",
-            "CC-BY",
-            "CC-BY-ND",
-        ]
+        given = ["by-nc-sa", "CC BY", "https://creativecommons.org/licenses/by-nd/4.0/", "CC0 1.0", "CC BY-SA 4.0",
+                 "cc-by-nc-nd-4.0", "http://creativecommons.org/licenses/by-nc", "cc0", "CC_BY"]  # fmt: skip
+        assert normalize_licenses(con, given) == [
+            "CC-BY-NC-SA", "CC-BY", "CC-BY-ND", "CC0", "CC-BY-SA", "CC-BY-NC-ND", "CC-BY-NC", "CC0", "CC-BY",
+        ]  # fmt: skip
         with pytest.raises(FetchListError, match="not a Creative Commons"):
             normalize_licenses(con, ["all rights reserved"])
 

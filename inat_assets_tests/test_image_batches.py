@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import duckdb
 import pytest
 from dagster import DagsterInstance, RetryPolicy, materialize
 from dagster_duckdb import DuckDBResource
 
 from inat_assets import definitions
 from inat_assets.assets.images import build_image_batches, image_batches
-from inat_assets.batches import BatchError, batch_range, nice_span
+from inat_assets.batches import BatchError, batch_range, nice_span, plan_batches
 from inat_assets.dwca.sample import SampleArchiveInfo
 from inat_assets.mirror import MirrorServer, serve_mirror, served_bytes
 from inat_assets_tests.conftest import ALL_CHECKS, TABLE_ASSETS, metadata, query, settings_for
@@ -133,3 +134,14 @@ def test_demo_command_runs_offline(tmp_path: Path) -> None:
     assert len(files) == photos - 1  # one photo 404s on purpose
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "images: cached" in again.stdout
+
+
+def test_an_empty_first_fetch_list_does_not_fix_the_span(tmp_path: Path) -> None:
+    empty, full = tmp_path / "empty.parquet", tmp_path / "full.parquet"
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT 1::BIGINT AS photo_id, 'x' AS url WHERE false) TO '{empty}'")
+        con.execute(f"COPY (SELECT range::BIGINT AS photo_id, 'x' AS url FROM range(0, 1000000, 4)) TO '{full}'")
+        state = tmp_path / "batches.json"
+        assert plan_batches(con, empty, state).keys == [] and not state.exists()
+        plan = plan_batches(con, full, state)
+        assert plan.span == 200_000 and state.exists() and len(plan.keys) == 5

@@ -216,7 +216,9 @@ class _PipeFeeder(threading.Thread):
 
     def run(self) -> None:
         try:
-            with open(self.fifo, "wb", buffering=0) as pipe:
+            # Buffered on purpose: a raw write to a pipe can return early (a signal mid-write) and
+            # drop the rest of the chunk; BufferedWriter.write loops until every byte is written.
+            with open(self.fifo, "wb", buffering=1 << 20) as pipe:
                 for chunk in iter_member_bytes(self.archive, self.member.name):
                     pipe.write(chunk)
                     self.bytes_fed += len(chunk)

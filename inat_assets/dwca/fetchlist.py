@@ -27,14 +27,17 @@ FETCH_ROW_GROUP_ROWS = 32_768
 # Licence URL or bare code -> code. URLs look like http(s)://creativecommons.org/licenses/by-nc/4.0/
 # or .../publicdomain/zero/1.0/; codes like CC-BY-NC, cc by-nc, BY-NC, CC0. Unknown -> NULL.
 _LICENSE_MACRO = r"""
+CREATE OR REPLACE MACRO inat_bare_code(value) AS
+    regexp_replace(upper(regexp_replace(trim(value), '[ _]+', '-', 'g')), '-?[0-9](\.[0-9])?$', '');
 CREATE OR REPLACE MACRO inat_license_code(value) AS (
     CASE
         WHEN value IS NULL OR trim(value) = '' THEN NULL
-        WHEN regexp_matches(lower(value), 'publicdomain/zero|^\s*cc[-_ ]?0\s*$') THEN 'CC0'
-        WHEN regexp_matches(lower(value), 'creativecommons\.org/licenses/(by(-nc)?(-sa|-nd)?)/')
-            THEN 'CC-' || upper(regexp_extract(lower(value), 'licenses/(by(-nc)?(-sa|-nd)?)/', 1))
-        WHEN regexp_matches(upper(regexp_replace(trim(value), '[ _]+', '-', 'g')), '^(CC-)?BY(-NC)?(-SA|-ND)?$')
-            THEN 'CC-' || regexp_replace(upper(regexp_replace(trim(value), '[ _]+', '-', 'g')), '^CC-', '')
+        WHEN regexp_matches(lower(value), 'publicdomain/zero|^\s*cc[-_ ]?0([-_ ]?[0-9](\.[0-9])?)?\s*$') THEN 'CC0'
+        WHEN regexp_matches(lower(value), 'creativecommons\.org/licenses/(by(-nc)?(-sa|-nd)?)(/|$)')
+            THEN 'CC-' || upper(regexp_extract(lower(value), 'licenses/(by(-nc)?(-sa|-nd)?)(/|$)', 1))
+        -- Bare codes, with an optional version: CC-BY-NC, cc by-nc, BY_SA, CC BY 4.0, cc-by-nc-nd-4.0
+        WHEN regexp_matches(inat_bare_code(value), '^(CC-)?BY(-NC)?(-SA|-ND)?$')
+            THEN 'CC-' || regexp_replace(inat_bare_code(value), '^CC-', '')
         ELSE NULL
     END
 )
@@ -101,25 +104,26 @@ def normalize_licenses(con: duckdb.DuckDBPyConnection, values: Sequence[str]) ->
 
 
 def validate_where(expression: str) -> str:
-    """Accept exactly one SQL boolean expression (no statements, no FROM/WHERE smuggled in)."""
+    """One SQL boolean expression, returned as DuckDB re-renders it from its parse tree.
+
+    Returning the re-rendered text (not the user's) means the expression is always balanced: input
+    like ``1) OR (true`` cannot escape the parentheses it is pasted into. Statements, FROM/WHERE
+    clauses and subqueries (which could read other files) are refused.
+    """
     expression = expression.strip()
     if not expression:
         raise FetchListError("where: the expression is empty")
+    wrapped = f"SELECT ({expression}) AS inat_predicate"
     try:
-        statements = duckdb.extract_statements(f"SELECT ({expression}) AS inat_predicate")
+        statements = duckdb.extract_statements(wrapped)
     except duckdb.Error as exc:
         raise FetchListError(f"where: {expression!r} is not a valid SQL expression: {exc}") from exc
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         raise FetchListError(f"where: {expression!r} must be one boolean expression, not statements")
-    tree = json.loads(
-        duckdb.execute(
-            "SELECT json_serialize_sql(?)", [f"SELECT ({expression}) AS inat_predicate"]
-        ).fetchone()[0]
-    )
+    serialized = duckdb.execute("SELECT json_serialize_sql(?)", [wrapped]).fetchone()[0]  # type: ignore[index]
+    tree = json.loads(serialized)
     if tree.get("error"):
-        raise FetchListError(
-            f"where: {expression!r} is not a valid SQL expression: {tree.get('error_message')}"
-        )
+        raise FetchListError(f"where: {expression!r} is not a valid SQL expression: {tree.get('error_message')}")
     node = tree["statements"][0]["node"]
     if (
         node.get("type") != "SELECT_NODE"
@@ -129,9 +133,16 @@ def validate_where(expression: str) -> str:
         or node.get("group_expressions")
         or node.get("having") is not None
         or node.get("modifiers")
+        or node.get("cte_map", {}).get("map")
     ):
         raise FetchListError(f"where: {expression!r} must be a single boolean expression")
-    return expression
+    if '"SUBQUERY"' in serialized:
+        raise FetchListError(f"where: {expression!r} contains a subquery; use the columns of o and m only")
+    rendered = duckdb.execute("SELECT json_deserialize_sql(?::JSON)", [serialized]).fetchone()[0]  # type: ignore[index]
+    prefix, suffix = "SELECT ", " AS inat_predicate"
+    if not (rendered.startswith(prefix) and rendered.endswith(suffix)):
+        raise FetchListError(f"where: {expression!r} could not be validated")
+    return rendered[len(prefix) : -len(suffix)]
 
 
 def _in_list(column: str, values: Sequence[object]) -> str:
@@ -166,7 +177,7 @@ def build_predicates(con: duckdb.DuckDBPyConnection, filters: FetchFilters) -> l
                 raise FetchListError(f"event date bound {bound!r} must be YYYY-MM-DD")
             preds.append(f"TRY_CAST(left(o.eventDate, 10) AS DATE) {op} DATE {sql_string(bound)}")
     if filters.where:
-        preds.append(f"({validate_where(filters.where)})")
+        preds.append(f"({validate_where(filters.where)})")  # re-rendered from the parse tree: balanced
     return preds
 
 

@@ -114,10 +114,14 @@ class _Downloader:
         raise AssertionError("unreachable")
 
     def _attempt(self, resumed: bool) -> ArchiveSource:
-        headers: dict[str, str] = {}
+        # identity: byte offsets and Content-Length must count the same bytes that land on disk.
+        headers: dict[str, str] = {"Accept-Encoding": "identity"}
         known = _load_state(self.state_file) if self.final.exists() else None
         partial = _load_state(self.partial_state_file) if self.partial.exists() else None
         offset = self.partial.stat().st_size if partial else 0
+        if partial and partial.size is not None and offset == partial.size:
+            # Killed after the last byte but before the rename: nothing left to fetch.
+            return self._finalize(partial, offset, offset, resumed=True)
         if partial and offset and (partial.etag or partial.last_modified):
             headers["Range"] = f"bytes={offset}-"
             headers["If-Range"] = partial.etag or partial.last_modified or ""
@@ -127,18 +131,28 @@ class _Downloader:
             if known.last_modified:
                 headers["If-Modified-Since"] = known.last_modified
         with self.client.stream("GET", self.url, headers=headers) as response:
-            if response.status_code == 304 and known:
+            status = response.status_code
+            if status == 304 and known:
                 self.log(f"{self.url} is unchanged since the last download (HTTP 304); using {self.final}")
                 return ArchiveSource(self.final, "not-modified", self.url, known.etag, known.last_modified)
-            if response.status_code not in (200, 206):
+            if status == 429 or status >= 500:
+                raise _Truncated(f"HTTP {status} {response.reason_phrase}")
+            if status == 416 and partial:  # our Range no longer fits this file: start over
+                self._discard_partial()
+                raise _Truncated(f"HTTP 416 for bytes={offset}-; restarting the download")
+            if status not in (200, 206):
                 raise ArchiveError(
-                    f"Download of {self.url} failed: HTTP {response.status_code} {response.reason_phrase}. "
+                    f"Download of {self.url} failed: HTTP {status} {response.reason_phrase}. "
                     "Check INAT_DWCA_SOURCE."
                 )
             etag = response.headers.get("ETag")
             last_modified = response.headers.get("Last-Modified")
-            if response.status_code == 206:
-                total = _total_from_content_range(response.headers.get("Content-Range"))
+            content_range = response.headers.get("Content-Range")
+            if status == 206 and _start_from_content_range(content_range) != offset:
+                self._discard_partial()
+                raise _Truncated(f"server answered {content_range!r} to bytes={offset}-; restarting the download")
+            if status == 206:
+                total = _total_from_content_range(content_range)
                 mode = "ab"
                 self.log(f"resuming {self.url} at byte {offset:,}")
             else:
@@ -150,9 +164,16 @@ class _Downloader:
             written = self._stream_body(response, mode, offset, total)
         if total is not None and written != total:
             raise _Truncated(f"received {written:,} of {total:,} bytes")
+        return self._finalize(state, written, offset, resumed)
+
+    def _discard_partial(self) -> None:
+        self.partial.unlink(missing_ok=True)
+        self.partial_state_file.unlink(missing_ok=True)
+
+    def _finalize(self, state: _State, written: int, offset: int, resumed: bool) -> ArchiveSource:
+        """Check the finished .partial is a zip, rename it into place, keep its validators."""
         if not zipfile.is_zipfile(self.partial):
-            self.partial.unlink()
-            self.partial_state_file.unlink(missing_ok=True)
+            self._discard_partial()
             raise ArchiveError(f"{self.url} did not return a zip archive; the partial file was deleted.")
         os.replace(self.partial, self.final)
         atomic_write_bytes(self.state_file, json.dumps(asdict(state)).encode())
@@ -162,8 +183,8 @@ class _Downloader:
             self.final,
             "resumed" if resumed or offset else "downloaded",
             self.url,
-            etag,
-            last_modified,
+            state.etag,
+            state.last_modified,
             written - offset,
         )
 
@@ -171,7 +192,7 @@ class _Downloader:
         written, started, last = offset, time.monotonic(), time.monotonic()
         with open(self.partial, mode) as out:
             try:
-                for chunk in response.iter_bytes():  # as received, so an interruption keeps every byte
+                for chunk in response.iter_raw():  # undecoded, as received: an interruption keeps every byte
                     out.write(chunk)
                     written += len(chunk)
                     now = time.monotonic()
@@ -192,6 +213,14 @@ def _load_state(path: Path) -> _State | None:
         return _State(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _start_from_content_range(value: str | None) -> int | None:
+    # "bytes 100-999/1000" -> 100
+    if value and value.startswith("bytes ") and "-" in value:
+        start = value[6:].split("-", 1)[0]
+        return int(start) if start.isdigit() else None
+    return None
 
 
 def _total_from_content_range(value: str | None) -> int | None:
