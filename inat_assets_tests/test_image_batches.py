@@ -69,6 +69,18 @@ def test_batches_are_registered_downloaded_and_resumed(
         assert Path(path).read_bytes() == served_bytes(photo_id, size_name, ext) and size == Path(path).stat().st_size
     assert not list((data / "images" / key).glob(".*"))  # no temporary files left
 
+    # The same batch with two worker processes, after losing some files: only those are fetched.
+    for photo_id, _ in photos[:5]:
+        next((data / "images" / key).glob(f"{photo_id}.*")).unlink()
+    two = metadata(
+        materialize(
+            [image_batches], partition_key=key, resources=resources, instance=instance,
+            run_config={"ops": {"image_batches": {"config": {"processes": 2}}}},
+        ),
+        "image_batches",
+    )  # fmt: skip
+    assert two["ok"] == 5 and two["already_on_disk"] == len(photos) - 5
+
     hits = mirror.total_hits
     again = metadata(materialize([image_batches], partition_key=key, resources=resources, instance=instance), "image_batches")
     assert again["already_on_disk"] == len(photos) and again["ok"] == 0
