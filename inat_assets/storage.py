@@ -64,17 +64,6 @@ def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = False) -> None
         raise
 
 
-def remove_stale_parts(folder: Path) -> int:
-    """Delete ``.part`` files left by a killed process; returns how many were removed."""
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    for part in folder.glob(".*.part"):
-        part.unlink(missing_ok=True)
-        removed += 1
-    return removed
-
-
 @dataclass(frozen=True)
 class DataStore:
     """The data directory (``INAT_DATA_DIR``) and the layout of everything written under it."""

@@ -48,7 +48,7 @@ _PHOTO_PART = re.compile(r"^\.\d+\.(?:jpg|png|gif|webp)\..+\.part$")
 def remove_stale_photo_parts(folder: Path) -> int:
     """Delete temporary photo files left by a killed run; returns how many were removed.
 
-    Narrower than storage.remove_stale_parts on purpose: the folder may also hold a manifest
+    Only photo .part files: the folder may also hold a manifest
     being written right now (its temporary file is also a .part), which must survive.
     """
     removed = 0

@@ -39,8 +39,6 @@ _BUFFER_BYTES = 32 << 20
 _EXTRACT_HEADROOM = 1 << 30
 _PROGRESS_SECONDS = 30.0
 
-REJECT_COLUMNS = ("line", "byte_offset", "reason", "raw_line")
-
 
 @dataclass(frozen=True)
 class ConversionResult:

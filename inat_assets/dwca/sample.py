@@ -44,6 +44,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from inat_assets.dwca.fetchlist import LICENSE_CODES
 from inat_assets.dwca.schema import MEDIA_COLUMNS, OBSERVATION_COLUMNS_45, OBSERVATION_COLUMNS_48
 from inat_assets.storage import atomic_path
 
@@ -95,7 +96,6 @@ def observation_columns(layout: str, extra_columns: Sequence[str] = ()) -> tuple
 # Licences and media URLs
 # --------------------------------------------------------------------------------------------
 
-LICENSE_CODES = ("CC0", "CC-BY", "CC-BY-NC", "CC-BY-SA", "CC-BY-ND", "CC-BY-NC-SA", "CC-BY-NC-ND")
 # Photos under these three are mirrored to the AWS Open Data bucket; the rest stay on static.
 OPEN_LICENSES = frozenset({"CC0", "CC-BY", "CC-BY-NC"})
 _MEDIA_LICENSE_WEIGHTS = (10, 20, 45, 6, 3, 10, 6)
