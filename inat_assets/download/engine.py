@@ -10,7 +10,7 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,21 @@ class DownloadSummary:
     @property
     def failed(self) -> int:
         return self.transient_failed + self.permanent_failed
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, int], nbytes: int, seconds: float, top_errors: list[tuple[str, int]],
+        manifest_path: Path,
+    ) -> DownloadSummary:
+        """The summary of a run (or of several worker processes' runs added up)."""
+        by_status = {s: counts.get(s, 0) for s in STATUSES}
+        return cls(
+            total=sum(by_status.values()), counts=by_status, bytes=nbytes, seconds=seconds,
+            images_per_second=by_status[OK] / seconds if seconds > 0 else 0.0,
+            top_errors=top_errors, manifest_path=manifest_path,
+            transient_failed=by_status[FAILED_TRANSIENT], permanent_failed=by_status[FAILED_PERMANENT],
+            ok=by_status[OK], cached=by_status[CACHED],
+        )
 
 
 _LISTED_FOLDERS = 8  # folders whose file listing is kept (inputs sorted by photo id need one)
@@ -248,13 +263,8 @@ async def _download(
     seconds = time.monotonic() - run.started
     if on_progress:
         _emit(run, on_progress)
-    counts = {s: run.counts[s] for s in STATUSES}
-    return DownloadSummary(
-        total=sum(counts.values()), counts=counts, bytes=run.downloaded_bytes, seconds=seconds,
-        images_per_second=counts[OK] / seconds if seconds > 0 else 0.0,
-        top_errors=run.errors.most_common(top_errors), manifest_path=manifest_path,
-        transient_failed=counts[FAILED_TRANSIENT], permanent_failed=counts[FAILED_PERMANENT],
-        ok=counts[OK], cached=counts[CACHED],
+    return DownloadSummary.from_counts(
+        run.counts, run.downloaded_bytes, seconds, run.errors.most_common(top_errors), manifest_path
     )
 
 

@@ -31,7 +31,6 @@ from inat_assets.download.config import (
     FAILED_PERMANENT,
     FAILED_TRANSIENT,
     OK,
-    STATUSES,
     DownloadConfig,
     HostLimits,
     PhotoTask,
@@ -222,14 +221,7 @@ def run_in_processes(
         errors_by_reason.update(dict(child_errors))
     if on_progress:
         on_progress(_progress({}, finished, started, total))
-    by_status = {s: counts[s] for s in STATUSES}
-    return DownloadSummary(
-        total=sum(by_status.values()), counts=by_status, bytes=downloaded, seconds=seconds,
-        images_per_second=by_status[OK] / seconds if seconds > 0 else 0.0,
-        top_errors=errors_by_reason.most_common(10), manifest_path=manifest_path,
-        transient_failed=by_status[FAILED_TRANSIENT], permanent_failed=by_status[FAILED_PERMANENT],
-        ok=by_status[OK], cached=by_status[CACHED],
-    )
+    return DownloadSummary.from_counts(counts, downloaded, seconds, errors_by_reason.most_common(10), manifest_path)
 
 
 def _progress(latest: dict[int, tuple[Any, ...]], finished: dict[int, tuple[Any, ...]], started: float,
