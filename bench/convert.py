@@ -33,7 +33,7 @@ VARIANTS = ("original", "ours-stream", "ours-extract")
 
 
 def build_archive(workdir: Path, observations: int, media_per_observation: float, malformed: bool) -> Path:
-    from inat_assets.dwca.sample import SampleSpec, write_sample_archive
+    from inat_assets.testing.sample import SampleSpec, write_sample_archive
 
     archive = workdir / f"bench-{observations}{'-malformed' if malformed else ''}.zip"
     if not archive.exists():

@@ -178,7 +178,7 @@ def child(args: argparse.Namespace) -> int:
 
 def start_mirror(latency_ms: float, image_bytes: int) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inat_assets.mirror", "--latency-ms", str(latency_ms),
+        [sys.executable, "-m", "inat_assets.testing.mirror", "--latency-ms", str(latency_ms),
          "--image-bytes", str(image_bytes)],
         stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )

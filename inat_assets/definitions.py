@@ -4,7 +4,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from dagster_duckdb import DuckDBResource
 
 from inat_assets.assets.archive import dwca_archive
-from inat_assets.assets.fetch import fetch_parquet, unique_photo_ids_with_http_urls
+from inat_assets.assets.fetch_list import fetch_parquet, unique_photo_ids_with_http_urls
 from inat_assets.assets.images import image_batches
 from inat_assets.assets.tables import (
     media_parquet,

@@ -13,13 +13,13 @@ from dagster import ExecuteInProcessResult, materialize
 from dagster_duckdb import DuckDBResource
 
 from inat_assets import definitions
-from inat_assets.dwca.sample import (
+from inat_assets.resources import InatSettings
+from inat_assets.testing.sample import (
     SampleArchiveInfo,
     SampleSpec,
     archive_from_observations_csv,
     write_sample_archive,
 )
-from inat_assets.resources import InatSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_OBSERVATIONS = FIXTURES / "real_observations_2022.csv"

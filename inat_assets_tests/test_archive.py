@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from inat_assets.dwca.archive import ArchiveError, inspect_archive, iter_member_bytes
-from inat_assets.dwca.sample import SampleArchiveInfo
 from inat_assets.dwca.source import resolve_archive
+from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.archive_server import ArchiveServerState, serve_archive
 from inat_assets_tests.conftest import metadata, run_graph
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from inat_assets.dwca.sample import SampleArchiveInfo
+from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.conftest import query
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from inat_assets.dwca.fetchlist import FetchListError, normalize_licenses, validate_where
-from inat_assets.dwca.sample import SampleArchiveInfo
+from inat_assets.dwca.fetch_list import FetchListError, normalize_licenses, validate_where
+from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.conftest import checks, metadata, query, run_graph
 
 

@@ -16,8 +16,8 @@ from dagster_duckdb import DuckDBResource
 from inat_assets import definitions
 from inat_assets.assets.images import build_image_batches, image_batches
 from inat_assets.batches import BatchError, batch_range, nice_span, plan_batches
-from inat_assets.dwca.sample import SampleArchiveInfo
-from inat_assets.mirror import MirrorServer, serve_mirror, served_bytes
+from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
+from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.conftest import ALL_CHECKS, TABLE_ASSETS, metadata, query, settings_for
 
 

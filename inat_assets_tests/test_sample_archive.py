@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from inat_assets.dwca import sample
-from inat_assets.dwca.sample import (
+from inat_assets.testing import sample
+from inat_assets.testing.sample import (
     BUNDLED_SAMPLE,
     BUNDLED_SAMPLE_SPEC,
     LICENSE_CODES,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inat_assets.dwca.sample import SampleArchiveInfo, SampleSpec, write_sample_archive
+from inat_assets.testing.sample import SampleArchiveInfo, SampleSpec, write_sample_archive
 from inat_assets_tests.conftest import checks, metadata, query, run_graph
 
 

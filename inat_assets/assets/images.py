@@ -17,7 +17,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from inat_assets.assets.fetch import fetch_parquet
+from inat_assets.assets.fetch_list import fetch_parquet
 from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.batches import batch_range, count_batch, iter_batch_tasks, load_span
 from inat_assets.download import DownloadConfig, DownloadSummary, PhotoTask, Progress, run_download

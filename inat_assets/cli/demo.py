@@ -1,7 +1,7 @@
 """`inat-assets demo`: the whole graph on the bundled sample, offline, against a local photo mirror.
 
 It materializes dwca_archive -> observations/media tables -> fetch.parquet -> every image batch in
-a temporary Dagster instance, with the photos served by `inat_assets.mirror` on 127.0.0.1 (a few
+a temporary Dagster instance, with the photos served by `inat_assets.testing.mirror` on 127.0.0.1 (a few
 of them answer 503 or 429 first, and one 404s, so retries and permanent failures show up in the
 manifests), then prints what was produced and where.
 """
@@ -21,8 +21,8 @@ from dagster_duckdb import DuckDBResource
 
 from inat_assets import definitions
 from inat_assets.dwca.convert import sql_string
-from inat_assets.mirror import serve_mirror
 from inat_assets.resources import InatSettings
+from inat_assets.testing.mirror import serve_mirror
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _TABLE_CHAIN = [

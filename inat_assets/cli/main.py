@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "sample":
-        from inat_assets.dwca.sample import main as sample_main
+        from inat_assets.testing.sample import main as sample_main
 
         return sample_main(rest)
     if rest:

@@ -26,7 +26,6 @@ from inat_assets.download.config import (
     DownloadConfig,
     PhotoTask,
 )
-from inat_assets.download.fetch import Fetcher
 from inat_assets.download.files import (
     find_existing,
     photo_ids_in,
@@ -35,6 +34,7 @@ from inat_assets.download.files import (
 )
 from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
 from inat_assets.download.network import make_transport
+from inat_assets.download.photo_fetcher import Fetcher
 from inat_assets.storage import atomic_write_bytes
 
 log = logging.getLogger("inat_assets.download")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from inat_assets.download import DownloadConfig
-from inat_assets.mirror import MirrorServer, serve_mirror
+from inat_assets.testing.mirror import MirrorServer, serve_mirror
 
 HOST_A = "127.0.0.1"  # plays static.inaturalist.org
 HOST_B = "127.0.0.2"  # plays the open-data bucket

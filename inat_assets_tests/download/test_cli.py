@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inat_assets.cli.download_images import main, with_size
-from inat_assets.mirror import MirrorServer, serve_mirror, served_bytes
+from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
 from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, files_in
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from inat_assets.download import DownloadConfig, HostLimits, PhotoTask, batch_key, run_download
-from inat_assets.download.fetch import parse_retry_after
-from inat_assets.mirror import MirrorServer, served_bytes
+from inat_assets.download.photo_fetcher import parse_retry_after
+from inat_assets.testing.mirror import MirrorServer, served_bytes
 from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, fast_config, files_in
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from inat_assets.download import BatchFolders, HostLimits, PhotoTask, run_download
 from inat_assets.download.processes import child_config
-from inat_assets.mirror import MirrorServer, served_bytes
+from inat_assets.testing.mirror import MirrorServer, served_bytes
 from inat_assets_tests.download.conftest import HOST_A, IMAGE_BYTES, fast_config, files_in
 
 

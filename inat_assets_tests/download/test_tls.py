@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inat_assets.download import PhotoTask, run_download
-from inat_assets.mirror import serve_mirror, served_bytes
+from inat_assets.testing.mirror import serve_mirror, served_bytes
 from inat_assets_tests.download.conftest import HOST_A, IMAGE_BYTES, fast_config
 
 

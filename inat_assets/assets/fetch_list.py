@@ -16,7 +16,7 @@ from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.assets.tables import media_parquet, observations_parquet
 from inat_assets.batches import plan_batches
 from inat_assets.dwca.convert import sql_string
-from inat_assets.dwca.fetchlist import FetchFilters, FetchListResult, build_fetch_list
+from inat_assets.dwca.fetch_list import FetchFilters, FetchListResult, build_fetch_list
 from inat_assets.resources import InatSettings
 
 FETCH_GROUP = "fetch_list"

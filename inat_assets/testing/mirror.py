@@ -22,7 +22,7 @@ serves). Behaviours:
 ``slow:<secs>``        wait that long, then serve the image
 ``stall``              headers and half the body, then nothing (the client must time out)
 
-Run it on its own with ``python -m inat_assets.mirror --host 127.0.0.1 --port 8080``.
+Run it on its own with ``python -m inat_assets.testing.mirror --host 127.0.0.1 --port 8080``.
 """
 
 from __future__ import annotations
@@ -423,7 +423,7 @@ def serve_mirror(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inat_assets.mirror", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m inat_assets.testing.mirror", description=__doc__.split("\n")[0])
     parser.add_argument("--host", action="append", help="address to listen on (repeatable; default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every response")
