@@ -19,14 +19,13 @@ import duckdb
 
 from inat_assets.download.config import PhotoTask, batch_key
 from inat_assets.dwca.convert import sql_string
+from inat_assets.errors import BatchError
 from inat_assets.storage import atomic_write_bytes
 
 DEFAULT_PHOTOS_PER_BATCH = 50_000
 _KEY = re.compile(r"^batch-(\d{6,})$")
 
 
-class BatchError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from inat_assets.errors import StorageError
+
 _UNSUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "http://", "https://")
 
 
-class StorageError(RuntimeError):
-    """A data directory that cannot be used."""
 
 
 def _temporary_beside(final: Path) -> tuple[int, Path]:

@@ -33,6 +33,7 @@ from inat_assets.download import (
     allowed_hosts_from_env,
     run_download,
 )
+from inat_assets.errors import InputError
 
 SIZES = ("original", "large", "medium", "small", "thumb", "square")
 DEFAULT_BATCH_SPAN = 50_000
@@ -41,8 +42,6 @@ LAYOUTS = (("photo_id", "url"), ("foo", "identifier"))
 _ORIGINAL_SEGMENT = re.compile(r"/original(\.[A-Za-z0-9]+)(?=$|[?#])")
 
 
-class InputError(Exception):
-    """An input file that cannot be used; the message says why."""
 
 
 def with_size(url: str, size: str) -> str:

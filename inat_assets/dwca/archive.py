@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from inat_assets.dwca.schema import REQUIRED_COLUMNS, Table, describe_layout
+from inat_assets.errors import ArchiveError
 
 try:  # ISA-L inflates deflate streams much faster than zlib; optional.
     from isal import isal_zlib as _inflate_lib
@@ -29,8 +30,6 @@ DEFAULT_MEMBERS: dict[Table, str] = {"observations": "observations.csv", "media"
 _MAX_HEADER_BYTES = 1 << 20
 
 
-class ArchiveError(RuntimeError):
-    """The archive (or one of its members) cannot be used; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

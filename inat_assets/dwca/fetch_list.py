@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from inat_assets.dwca.convert import sql_string
+from inat_assets.errors import FetchListError
 from inat_assets.storage import atomic_path
 
 PHOTO_SIZES = ("original", "large", "medium", "small", "thumb", "square")
@@ -44,8 +45,6 @@ CREATE OR REPLACE MACRO inat_license_code(value) AS (
 """
 
 
-class FetchListError(ValueError):
-    """A filter that cannot be applied; the message names the setting and what to change."""
 
 
 @dataclass(frozen=True)
