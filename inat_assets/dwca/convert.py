@@ -178,9 +178,15 @@ def _convert_in(
                     if feeder:
                         feeder.abandon()
                         feeder.raise_error()  # an archive fault explains DuckDB's error
+                    hint = (
+                        " The member has carriage returns: a quote inside an unquoted field (malformed) "
+                        "makes a CR LF line end look quoted; fix that line or convert the file to LF."
+                        if normalizer.crlf_normalized or normalizer.events
+                        else ""
+                    )
                     raise ConversionError(
-                        f"{archive}:{member.name}: DuckDB could not read the CSV ({_first_line(exc)}). "
-                        "Report this with the archive's date; the previous table was kept."
+                        f"{archive}:{member.name}: DuckDB could not read the CSV ({_first_line(exc)}).{hint} "
+                        "The previous table was kept."
                     ) from exc
                 if feeder:
                     feeder.join_and_raise()
