@@ -316,3 +316,22 @@ def test_killed_conversion_scratch_is_removed_and_a_live_one_is_kept(sample_48: 
     finally:
         live.kill()
         live.wait(10)
+
+
+def test_crlf_normalizer_gives_the_same_stream_whatever_the_chunk_boundaries() -> None:
+    """CR LF, bare CR, quoted CR LF and an over-long line, cut into chunks of every size from 1 byte."""
+    from inat_assets.dwca.csv_stream import CsvStreamNormalizer
+
+    text = b'id,b\r\n1,"x\r\ny"\r\n2,a\rb\n3,' + b"z" * 300 + b'\r\n4,"q""\r"\r\n5,q\r'
+    expected = b'id,b\n1,"x\r\ny"\n2,a\xffb\n3,' + b"z" * 162 + b'\n4,"q""\r"\n5,q\xff'
+
+    def normalize(size: int) -> tuple[bytes, list, int]:
+        normalizer = CsvStreamNormalizer(100)
+        out = b"".join(normalizer.feed(text[i : i + size] for i in range(0, len(text), size)))
+        return out, normalizer.events, normalizer.crlf_normalized
+
+    reference = normalize(len(text))
+    assert reference[0] == expected and reference[2] == 4
+    assert [(e.offset, e.reason.split(" ")[0]) for e in reference[1]] == [(17, "carriage"), (20, "line"), (197, "carriage")]
+    for size in (1, 2, 3, 5, 8, 13, 64):
+        assert normalize(size) == reference, size
