@@ -144,6 +144,9 @@ def test_header_column_the_rows_lack_fails_and_keeps_the_previous_table(sample_4
     assert (data / "observations.parquet").read_bytes() == before  # the good table stays
     assert query(f"SELECT count(*) FROM '{data}/rejects/observations.failed.parquet'") == [(100,)]
     assert not list(data.glob(".observations.parquet.*.part"))
+    # The next good run replaces the table and removes the failed run's rejects.
+    run_graph(sample_48.path, data, with_fetch=False)
+    assert not (data / "rejects" / "observations.failed.parquet").exists()
 
 
 def test_absurd_reject_share_under_a_lower_hard_limit_fails(tmp_path: Path) -> None:

@@ -116,6 +116,10 @@ def _read_meta_xml(zf: zipfile.ZipFile, warnings: list[str]) -> dict[Table, tupl
     """Member names (and declared field counts) from meta.xml; empty if it is absent or unreadable."""
     try:
         root = ElementTree.fromstring(zf.read("meta.xml"))
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise ArchiveError(
+            f"{zf.filename}:meta.xml cannot be read ({exc}); the archive is damaged. Delete it and download it again."
+        ) from exc
     except KeyError:
         warnings.append("meta.xml is missing; using observations.csv and media.csv.")
         return {}

@@ -194,9 +194,10 @@ def _convert_in(
                     log(f"{member.name}: {normalizer.crlf_normalized:,} CR LF line ending(s) read as LF")
                 rejected = _count_rejects(con, reject_table)
                 _refuse_bad_share(archive, member, rows, rejected, max_reject_share, con, reject_table,
-                                  normalizer, rejects_output, source)  # fmt: skip
+                                  normalizer, rejects_output)  # fmt: skip
                 with atomic_path(rejects_output) as tmp_rejects:
                     _write_rejects(con, reject_table, normalizer, tmp_rejects)
+            _failed_rejects_path(rejects_output).unlink(missing_ok=True)  # an older failure's, now stale
         finally:
             progress.stop()
     finally:
@@ -222,7 +223,6 @@ def _refuse_bad_share(
     reject_table: str,
     normalizer: CsvStreamNormalizer,
     rejects_output: Path,
-    source: Path,
 ) -> None:
     """Raise ConversionError (so the previous table stays) when too much of the member was rejected."""
     share = rejected / (rows + rejected) if rows + rejected else 0.0
