@@ -301,6 +301,8 @@ def test_killed_conversion_scratch_is_removed_and_a_live_one_is_kept(sample_48: 
         data.mkdir(exist_ok=True)
         stale_part = data / ".observations.parquet.abc123.part"
         stale_part.write_bytes(b"partial")
+        old_layout = scratch / "observations-0123abcd.csv"  # what a killed run of the previous version left
+        old_layout.write_bytes(b"y" * 5000)
         messages: list[str] = []
         with duckdb.connect() as con:
             result = convert_member(
@@ -314,6 +316,7 @@ def test_killed_conversion_scratch_is_removed_and_a_live_one_is_kept(sample_48: 
         assert len(removed) == 1  # the CSV, the pipe and the dead run's lock file: 100,000 bytes and the lock's few
         assert 100_000 < int(removed[0].split("(")[1].split(" bytes")[0].replace(",", "")) < 101_000
         assert f"removed {stale_part} (7 bytes), left by a conversion that did not finish" in messages
+        assert f"removed {old_layout} (5,000 bytes), left by a conversion that did not finish" in messages
         # And the run's own scratch folders are gone after it.
         assert sorted(p.name for p in scratch.iterdir() if p.is_dir()) == [live_folder.name]
     finally:

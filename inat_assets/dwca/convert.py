@@ -31,7 +31,13 @@ from inat_assets.dwca.csv_stream import CsvStreamNormalizer
 from inat_assets.dwca.schema import column_types
 from inat_assets.errors import ConversionError
 from inat_assets.locks import locked
-from inat_assets.storage import atomic_path, remove_dead_scratch, remove_stale_parts, run_scratch
+from inat_assets.storage import (
+    RemovedScratch,
+    atomic_path,
+    remove_dead_scratch,
+    remove_stale_parts,
+    run_scratch,
+)
 
 ReadMode = Literal["auto", "stream", "extract"]
 Log = Callable[[str], None]
@@ -112,7 +118,7 @@ def convert_member(
     started = time.monotonic()
     scratch.mkdir(parents=True, exist_ok=True)
     with locked(scratch / f"{member.table}.lock", purpose=f"converting {member.name} to {output}"):
-        _remove_leftovers(scratch, (output, rejects_output, _failed_rejects_path(rejects_output)), log)
+        _remove_leftovers(scratch, member.table, (output, rejects_output, _failed_rejects_path(rejects_output)), log)
         mode = choose_read_mode(read_mode, member.size, scratch)
         with run_scratch(scratch, purpose=f"converting {member.name}") as run_dir:
             counts = _convert_in(con, archive, member, output, rejects_output, run_dir, mode, max_reject_share, log)
@@ -131,11 +137,19 @@ def convert_member(
     )
 
 
-def _remove_leftovers(scratch: Path, outputs: tuple[Path, ...], log: Log) -> None:
-    """What killed conversions left: their scratch folders (inflated CSV, FIFOs) and ``.part`` outputs."""
+def _remove_leftovers(scratch: Path, table: str, outputs: tuple[Path, ...], log: Log) -> None:
+    """What killed conversions left: their scratch folders (inflated CSV, FIFOs) and ``.part`` outputs.
+
+    Called holding the table's lock, so no live conversion of ``table`` owns any of these. Versions
+    before run folders wrote ``<table>-<8 hex>.csv`` (file or FIFO) straight into ``scratch``.
+    """
     removed = remove_dead_scratch(scratch)
     for output in outputs:
         removed += remove_stale_parts(output)
+    for old in scratch.glob(f"{table}-????????.csv"):
+        size = old.stat().st_size if old.is_file() else 0
+        old.unlink(missing_ok=True)
+        removed.append(RemovedScratch(old, size))
     for item in removed:
         log(f"removed {item.path} ({item.bytes:,} bytes), left by a conversion that did not finish")
 
