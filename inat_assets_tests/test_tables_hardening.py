@@ -89,6 +89,16 @@ def test_crlf_inside_a_quoted_field_is_data(tmp_path: Path) -> None:
     assert remarks == {1: "two\r\nlines", 2: "carriage\rreturn", 3: "ok"}
 
 
+def test_crlf_file_with_a_stray_quote_in_an_unquoted_field(tmp_path: Path) -> None:
+    lines = [_obs_line(i) for i in range(1, 60)]
+    lines[3] = '4,104,Quercus robur,Plan"tae,ok'  # malformed but readable: DuckDB keeps the quote as text
+    obs = _lines(OBS_HEADER, lines, ["\r\n"])
+    archive = _archive(tmp_path / "stray.zip", obs, _lines(MEDIA_HEADER, [_media_line(1)], ["\r\n"]))
+    result = run_graph(archive, tmp_path / "data", with_fetch=False)
+    assert metadata(result, "observations_parquet")["dagster/row_count"] == 59
+    assert query(f"SELECT kingdom FROM '{tmp_path}/data/observations.parquet' WHERE id = 4") == [('Plan"tae',)]
+
+
 # Bare CR ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("read_mode", ["stream", "extract"])
 def test_bare_cr_in_an_unquoted_field_is_rejected_and_the_rest_converts(tmp_path: Path, read_mode: str) -> None:
