@@ -263,7 +263,7 @@ def _refuse_bad_share(
         f"{archive}:{member.name}: {what}. First reasons: {reasons or 'none'}. "
         + (f"All rejected lines are in {failed}. " if rejected else "")
         + "The previous table was kept. Check the archive (is it iNaturalist's export, is its header "
-        "right?) or raise the limit (max_reject_share) if this is expected."
+        "right?) or, if this is expected, raise fail_reject_share in the table asset's run config."
     )
 
 

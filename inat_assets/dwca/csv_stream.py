@@ -46,6 +46,9 @@ _FIELD_EDGE = np.zeros(256, dtype=bool)
 _FIELD_EDGE[[_COMMA, 0x0A, 0x0D, _QUOTE]] = True
 # Bytes kept of an over-long line: past the limit, so DuckDB rejects it for its size.
 _OVERLONG_KEEP_EXTRA = 64
+# Bare CRs whose offsets are kept for the rejects' reasons; a CR-only (classic Mac) file has one per
+# line, and past this many its lines keep DuckDB's own reason (invalid UTF-8) instead.
+MAX_EXPLAINED_BARE_CRS = 100_000
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,9 @@ class CsvStreamNormalizer:
         if bare.size:
             bare_out = bare - np.searchsorted(dropped, bare)
             out[bare_out] = 0xFF
-            self._bare_crs.extend((self._stage1_pos + len(prefix) + bare_out).tolist())
+            room = MAX_EXPLAINED_BARE_CRS - len(self._bare_crs)
+            if room > 0:
+                self._bare_crs.extend((self._stage1_pos + len(prefix) + bare_out[:room]).tolist())
         self.crlf_normalized += int(ends_line.sum())
         if quotes.size & 1:
             self.in_quotes = not self.in_quotes
