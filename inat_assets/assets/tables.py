@@ -102,7 +102,8 @@ def parquet_table_schema(path: Path) -> TableSchema:
     description=(
         "observations.csv as INAT_DATA_DIR/observations.parquet (ZSTD): every column of the header under "
         "its own name, ids as BIGINT, coordinates as DOUBLE, everything else as text exactly as published. "
-        "Malformed lines go to INAT_DATA_DIR/rejects/observations.parquet."
+        "Malformed lines go to INAT_DATA_DIR/rejects/observations.parquet; if more than fail_reject_share "
+        "(default 50 %) of the lines are malformed the run fails and the previous table stays."
     ),
 )
 def observations_parquet(
@@ -117,7 +118,8 @@ def observations_parquet(
     kinds={"duckdb", "parquet"},
     description=(
         "media.csv as INAT_DATA_DIR/media.parquet (ZSTD): one row per photo or sound, `id` = observation id, "
-        "`catalogNumber` = photo/sound id. Malformed lines go to INAT_DATA_DIR/rejects/media.parquet."
+        "`catalogNumber` = photo/sound id. Malformed lines go to INAT_DATA_DIR/rejects/media.parquet (more than "
+        "fail_reject_share of them, default 50 %: the run fails and the previous table stays)."
     ),
 )
 def media_parquet(
