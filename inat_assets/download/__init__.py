@@ -74,10 +74,12 @@ from inat_assets.download.config import (
     PhotoTask,
     allowed_hosts_from_env,
     batch_key,
+    parse_photo_id,
 )
-from inat_assets.download.engine import DownloadSummary, Progress, run_download
+from inat_assets.download.engine import DownloadJob, DownloadSummary, Progress
 from inat_assets.download.manifest import MANIFEST_SCHEMA
 from inat_assets.download.processes import BatchFolders
+from inat_assets.download.runner import run, run_download
 
 __all__ = [
     "CACHED",
@@ -92,11 +94,14 @@ __all__ = [
     "STATUSES",
     "BatchFolders",
     "DownloadConfig",
+    "DownloadJob",
     "DownloadSummary",
     "HostLimits",
     "PhotoTask",
     "Progress",
     "allowed_hosts_from_env",
     "batch_key",
+    "parse_photo_id",
+    "run",
     "run_download",
 ]

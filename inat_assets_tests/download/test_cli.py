@@ -36,8 +36,9 @@ def test_fetch_list_download_and_rerun(mirror: MirrorServer, tmp_path: Path, mon
     parquet = fetch_list(tmp_path / "fetch.parquet", mirror, range(99_990, 100_010))
     out = tmp_path / "images"
     assert main(cli_args(parquet, out, "--batch-span", "50000")) == 0
-    # Batch folders by photo id // span.
-    assert sorted(p.name for p in out.iterdir()) == ["batch-000001", "batch-000002", "manifest.parquet"]
+    # Batch folders by photo id // span (and the manifest's lock file, which stays: see locks.py).
+    assert sorted(p.name for p in out.iterdir()) == [".manifest.parquet.lock", "batch-000001", "batch-000002",
+                                                     "manifest.parquet"]
     assert (out / "batch-000002" / "100005.jpg").read_bytes() == served_bytes(100_005, "original", "jpg", IMAGE_BYTES)
     hits = mirror.total_hits
     assert main(cli_args(parquet, out)) == 0
