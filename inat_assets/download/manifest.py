@@ -74,7 +74,7 @@ class ManifestWriter:
             tmp = self._stack.enter_context(atomic_path(self.final))
             self._writer = pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd")
         except OSError as exc:
-            self._stack.close()
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary file
             raise self._storage_error(exc) from None
         # pyarrow imports pandas (~0.3 s) on its first conversion of Python objects; do it now
         # rather than at the first flush, where it would stall every download in flight.
