@@ -37,6 +37,7 @@ from inat_assets.download import (
     parse_photo_id,
     run_download,
 )
+from inat_assets.download.manifest import os_error_cause
 from inat_assets.errors import InatAssetsError, InputError
 
 SIZES = ("original", "large", "medium", "small", "thumb", "square")
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"download-images: cannot create the output folder {output}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"download-images: cannot create the output folder {output}: {os_error_cause(exc)}", file=sys.stderr)
         return 2
     manifest = output / "manifest.parquet"
     rows = InputRows()

@@ -35,7 +35,7 @@ from inat_assets.download.config import (
     parse_photo_id,
 )
 from inat_assets.download.files import find_existing, photo_ids_in, remove_stale_photo_parts
-from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
+from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest, os_error_cause
 from inat_assets.download.network import make_transport
 from inat_assets.download.photo_fetcher import Fetcher
 from inat_assets.errors import StorageError
@@ -229,7 +229,7 @@ class _Run:
                     clean_folder(path)
                 present = photo_ids_in(path) if exists else set()
             except OSError as exc:
-                raise StorageError(f"cannot read the photo folder {path}: {exc.strerror or exc}") from None
+                raise StorageError(f"cannot read the photo folder {path}: {os_error_cause(exc)}") from None
             known = self._folders[path] = (str(path.resolve()), present)
             if len(self._folders) > _LISTED_FOLDERS:
                 # Bounded memory for runs over many folders. Forgetting is safe: a folder seen
@@ -306,7 +306,7 @@ def _store(path: str, body: bytes) -> str:
     try:
         atomic_write_bytes(Path(path), body)
     except OSError as exc:  # a full disk, a folder that cannot be created: every later write fails too
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot write {path}: {os_error_cause(exc)}") from None
     return hashlib.sha256(body).hexdigest()
 
 

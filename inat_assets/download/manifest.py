@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,6 +20,14 @@ from inat_assets.errors import StorageError
 from inat_assets.storage import atomic_path
 
 log = logging.getLogger("inat_assets.download")
+
+
+def os_error_cause(exc: OSError) -> str:
+    """The cause of a failed file operation in a few words ("No space left on device"), also for
+    pyarrow's OSErrors, which carry an errno but bury it in a longer message."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -82,7 +91,7 @@ class ManifestWriter:
         return self
 
     def _storage_error(self, exc: OSError) -> StorageError:
-        return StorageError(f"cannot write the manifest {self.final}: {exc.strerror or exc}")
+        return StorageError(f"cannot write the manifest {self.final}: {os_error_cause(exc)}")
 
     def add(self, row: ManifestRow) -> None:
         for column, value in zip(self._columns, (getattr(row, f) for f in ManifestRow.__slots__), strict=True):
@@ -151,7 +160,7 @@ def set_aside_if_unreadable(path: Path) -> str | None:
         return None
     except (pa.ArrowException, OSError, ValueError) as exc:
         if isinstance(exc, PermissionError):
-            raise StorageError(f"cannot read the manifest {path}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot read the manifest {path}: {os_error_cause(exc)}") from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     else:
         missing = {"photo_id", "status", "bytes", "sha256"} - set(schema.names)
@@ -163,7 +172,7 @@ def set_aside_if_unreadable(path: Path) -> str | None:
         path.rename(aside)
     except OSError as exc:
         raise StorageError(f"the manifest {path} is unreadable ({reason}) and could not be moved aside: "
-                           f"{exc.strerror or exc}; move or delete it") from None
+                           f"{os_error_cause(exc)}; move or delete it") from None
     return (f"the previous manifest {path} was unreadable ({reason}); moved it to {aside.name} and "
             "started a new one (photos on disk are still checked and kept)")
 
