@@ -304,7 +304,12 @@ def _store(path: str, body: bytes) -> str:
     # fsync: after a power loss a file may be empty or short, and a rerun's magic-byte and size
     # checks catch that and fetch it again.
     try:
-        atomic_write_bytes(Path(path), body)
+        try:
+            atomic_write_bytes(Path(path), body)
+        except FileNotFoundError:
+            # Another run that shares this photo folder (each dataset has its own manifest and lock)
+            # removed our temporary file as stale when it first used the folder: write it again.
+            atomic_write_bytes(Path(path), body)
     except OSError as exc:  # a full disk, a folder that cannot be created: every later write fails too
         raise StorageError(f"cannot write {path}: {os_error_cause(exc)}") from None
     return hashlib.sha256(body).hexdigest()

@@ -207,3 +207,24 @@ def test_empty_batch_folders_are_not_created_when_every_photo_fails(mirror: Mirr
     assert summary.ok == 1 and summary.permanent_failed == 3
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["batch-000003"]
     assert [p.name for p in files_in(tmp_path)] == ["350.jpg"]
+
+
+def test_photo_write_survives_another_run_removing_its_temporary_file(
+    mirror: MirrorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs with different manifests may share a photo folder; one run's first look at the folder
+    # removes .part files it takes for stale, possibly another run's file being written right now.
+    real_replace = os.replace
+    removed: list[str] = []
+
+    def replace_after_another_run_cleaned(src: str, dst: str) -> None:
+        if str(src).endswith(".part") and not removed:
+            removed.append(str(src))
+            os.unlink(src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr("inat_assets.storage.os.replace", replace_after_another_run_cleaned)
+    summary = run_download([PhotoTask(1, mirror.url(1))], tmp_path / "photos", tmp_path / "m.parquet",
+                           fast_config())
+    assert removed and summary.ok == 1
+    assert (tmp_path / "photos" / "1.jpg").stat().st_size > 0 and hidden_parts(tmp_path) == []
