@@ -344,10 +344,7 @@ def _emit(run: _Run, on_progress: Callable[[Progress], None]) -> None:
         log.exception("on_progress failed")
 
 
-
-
-async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool,
-                    top_errors: int) -> tuple[_Run, float]:
+async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool) -> tuple[_Run, float]:
     previous = PreviousManifest.load(job.previous_manifest)
     with ManifestWriter(job.manifest_path) as writer:
         run = _Run(job.config, job.dest_dir, previous, writer, job.expected_total(), clean_parts=clean_parts)
@@ -377,7 +374,7 @@ def run_loop(job: DownloadJob, on_progress: ProgressCallback | None = None, *, c
     Blocks until done; safe to call from a thread that runs an event loop (it then runs in a thread
     of its own). Worker processes call this with ``clean_parts=False`` (their parent cleans).
     """
-    coro = _download(job, on_progress, clean_parts, top_errors)
+    coro = _download(job, on_progress, clean_parts)
     try:
         asyncio.get_running_loop()
         in_event_loop = True
