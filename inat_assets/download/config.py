@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,6 +117,38 @@ class PhotoTask:
 
     photo_id: int
     url: str
+
+
+# Photo ids are stored as int64 in the manifest; iNaturalist's are positive and far below this.
+MAX_PHOTO_ID = 2**63 - 1
+
+
+def parse_photo_id(value: object) -> int | None:
+    """``value`` as a photo id, or None when it cannot be one.
+
+    Accepted: an integer in 0 .. 2**63-1, a float without a fraction (a column with gaps read by
+    pandas is float), a string of decimal digits. Refused: null, NaN, infinities, fractions,
+    negative numbers, ids beyond int64, booleans, any other text.
+    """
+    if type(value) is int:  # the common case first: an int64 column
+        number = value
+    elif value is None or isinstance(value, bool):
+        return None
+    elif isinstance(value, numbers.Integral):  # NumPy integers and the like
+        number = int(value)
+    elif isinstance(value, numbers.Real):  # floats, NumPy floats
+        real = float(value)
+        if not math.isfinite(real) or not real.is_integer():
+            return None
+        number = int(real)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            return None
+        number = int(text)
+    else:
+        return None
+    return number if 0 <= number <= MAX_PHOTO_ID else None
 
 
 def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple[str, ...]:
