@@ -13,6 +13,9 @@ from inat_assets.testing.mirror import MirrorServer, serve_mirror
 HOST_A = "127.0.0.1"  # plays static.inaturalist.org
 HOST_B = "127.0.0.2"  # plays the open-data bucket
 IMAGE_BYTES = 3000  # small images keep the tests quick; sizes are not what they test
+# Allowlist entries for the mirror, which listens on a random port (a bare host allows port 80/443 only).
+ANY_PORT_A = f"{HOST_A}:*"
+ANY_PORT_B = f"{HOST_B}:*"
 
 
 @pytest.fixture
@@ -24,7 +27,7 @@ def mirror() -> Iterator[MirrorServer]:
 def fast_config(**overrides: object) -> DownloadConfig:
     settings: dict[str, object] = dict(
         concurrency=8,
-        allowed_hosts=(HOST_A, HOST_B),
+        allowed_hosts=(ANY_PORT_A, ANY_PORT_B),
         other_hosts={HOST_A: HOST_B, HOST_B: HOST_A},
         retries=3,
         backoff_base=0.01,
