@@ -118,7 +118,11 @@ class PhotoTask:
 
 
 def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple[str, ...]:
-    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty."""
+    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty.
+
+    An entry is ``host`` (ports 80/443 only), ``host:port`` or ``host:*`` (any port); see
+    photo_fetcher.HostAllowlist.
+    """
     raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     return hosts or default
