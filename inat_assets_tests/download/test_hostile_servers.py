@@ -8,10 +8,13 @@ counts against the bound.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +22,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from inat_assets.testing.mirror import served_bytes
-from inat_assets_tests.download.conftest import IMAGE_BYTES
+from inat_assets.download import PhotoTask, run_download
+from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
+from inat_assets.download.photo_fetcher import HostAllowlist
+from inat_assets.errors import DownloadError
+from inat_assets.testing.mirror import MirrorServer, gzip_bomb, served_bytes
+from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, fast_config
 
 REPO = Path(__file__).resolve().parents[2]
 RSS_BOUND_MB = 500
@@ -95,3 +102,75 @@ def test_gzip_bomb_and_endless_bodies_keep_memory_bounded(tmp_path: Path) -> Non
         assert rows[pid]["status"] == "ok"
         assert (tmp_path / f"{pid}.jpg").read_bytes() == served_bytes(pid, "original", "jpg", IMAGE_BYTES)
     assert result["counts"]["ok"] == 6
+
+
+# --- The pieces, in process ---------------------------------------------------------------------
+
+def test_body_budget_serves_waiters_in_order_and_gets_back_what_a_cancelled_waiter_held() -> None:
+    async def scenario() -> list[str]:
+        budget = BodyBudget(100)
+        order: list[str] = []
+        assert await budget.reserve(70) == 70
+
+        async def take(name: str, nbytes: int) -> None:
+            await budget.reserve(nbytes)
+            order.append(name)
+
+        big = asyncio.create_task(take("big", 90))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(take("small", 10))  # fits now, but must not overtake "big"
+        doomed = asyncio.create_task(take("doomed", 50))
+        await asyncio.sleep(0.01)
+        assert order == [] and budget.available == 30
+        doomed.cancel()
+        budget.release(70)
+        await asyncio.gather(big, small, doomed, return_exceptions=True)
+        assert budget.available == 0  # 90 + 10 held; the cancelled waiter took nothing
+        return order
+
+    assert asyncio.run(scenario()) == ["big", "small"]
+
+
+def test_capped_decoder_stops_a_bomb_at_the_limit() -> None:
+    inner = gzip.decompress(gzip_bomb(50))  # one layer left: 50 MiB of zeros in about 50 KB
+    decoder = CappedDecoder("gzip", 1_000_000)
+    produced = 0
+    with pytest.raises(BodyTooLarge):
+        for start in range(0, len(inner), 16_384):
+            produced += len(decoder.decode(inner[start : start + 16_384]))
+    assert produced <= 1_000_001
+
+
+def test_raw_deflate_is_decoded_like_zlib_deflate() -> None:
+    data = served_bytes(3)
+    for wbits in (zlib.MAX_WBITS, -zlib.MAX_WBITS):
+        packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        decoder = CappedDecoder("deflate", len(data))
+        assert decoder.decode(packer.compress(data) + packer.flush()) + decoder.finish() == data
+
+
+def test_allowlist_ports() -> None:
+    allow = HostAllowlist(("photos.example", "mirror.example:8443", "127.0.0.1:*", "[::1]:8080"))
+    assert allow.allows("https", "photos.example", None) and allow.allows("http", "photos.example", 80)
+    assert allow.allows("https", "photos.example", 443)
+    assert not allow.allows("http", "photos.example", 443)  # the default port of the URL's scheme only
+    assert not allow.allows("https", "photos.example", 22)
+    assert allow.allows("https", "mirror.example", 8443) and not allow.allows("https", "mirror.example", None)
+    assert allow.allows("http", "127.0.0.1", 6379) and allow.allows("http", "::1", 8080)
+    assert not allow.allows("http", "::1", None)
+    assert HostAllowlist.describe("http", "::1", 8080) == "[::1]:8080"
+    assert HostAllowlist.describe("https", "photos.example", 443) == "photos.example"
+    with pytest.raises(DownloadError, match=r"'photos\.example:http' is not a host name"):
+        HostAllowlist(("photos.example:http",))
+
+
+def test_redirect_to_another_port_of_an_allowed_host_is_refused(mirror: MirrorServer, tmp_path: Path) -> None:
+    port = mirror.addresses[0][1]
+    mirror.set_faults({1: [f"redirect:http://{HOST_A}:1/photos/1/original.jpg"], 2: ["404"]}, host=HOST_A)
+    config = fast_config(allowed_hosts=(f"{HOST_A}:{port}", HOST_B))  # B only on port 80: no fallback
+    run_download([PhotoTask(pid, mirror.url(pid)) for pid in (1, 2, 3)], tmp_path, tmp_path / "m.parquet", config)
+    rows = manifest_rows(tmp_path / "m.parquet")
+    allow_hint = "allow it with --allow-host or INAT_ALLOWED_HOSTS"
+    assert rows[1]["error"] == f"redirect refused: host not allowed: {HOST_A}:1; {allow_hint}"
+    assert rows[2]["error"] == "HTTP 404 Not Found" and mirror.hits("/photos/2/original.jpg", HOST_B) == 0
+    assert rows[3]["status"] == "ok"
