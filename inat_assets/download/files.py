@@ -293,9 +293,17 @@ def find_existing(folder: str, photo_id: int, expected_size: int | None = None) 
 
 
 def _file_reader(fd: int, head: bytes) -> Read:
+    """Reads from the file's first block, else from the last block read with pread (segment headers
+    past the first block and the tail come in runs: one pread each instead of one per field)."""
+    window = [0, head]
+
     def read(offset: int, length: int) -> bytes:
+        start, block = window
+        if start <= offset and offset + length <= start + len(block):
+            return block[offset - start : offset - start + length]
         if offset + length <= len(head):
             return head[offset : offset + length]
-        return os.pread(fd, length, offset)
+        window[:] = offset, os.pread(fd, max(length, _HEAD_BYTES), offset)
+        return window[1][:length]
 
     return read
