@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from inat_assets.download import DownloadConfig
@@ -44,3 +45,8 @@ def fast_config(**overrides: object) -> DownloadConfig:
 def files_in(folder: Path) -> list[Path]:
     """Every file below ``folder`` except manifests, hidden ones included (to catch .part files)."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet")
+
+
+def manifest_rows(path: Path) -> dict[int, dict[str, object]]:
+    """A manifest's rows by photo id."""
+    return {row["photo_id"]: row for row in pq.read_table(path).to_pylist()}

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from inat_assets.download import PhotoTask, run_download
@@ -27,7 +26,7 @@ from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.photo_fetcher import HostAllowlist
 from inat_assets.errors import DownloadError
 from inat_assets.testing.mirror import MirrorServer, gzip_bomb, served_bytes
-from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, fast_config
+from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, fast_config, manifest_rows
 
 REPO = Path(__file__).resolve().parents[2]
 RSS_BOUND_MB = 500
@@ -76,10 +75,6 @@ def download_in_subprocess(base: str, out: Path, ids: list[int]) -> dict:
                           capture_output=True, text=True, timeout=240, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def manifest_rows(path: Path) -> dict[int, dict[str, object]]:
-    return {row["photo_id"]: row for row in pq.read_table(path).to_pylist()}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")

@@ -6,20 +6,22 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from inat_assets.download import PhotoTask, run_download
 from inat_assets.download.files import ImageDefect, ImageInfo, check_image, find_existing
 from inat_assets.testing.mirror import MirrorServer, served_bytes
-from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, fast_config, files_in
+from inat_assets_tests.download.conftest import (
+    HOST_A,
+    HOST_B,
+    IMAGE_BYTES,
+    fast_config,
+    files_in,
+    manifest_rows,
+)
 
 IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
 REAL_FILES = ("base.jpg", "prog.jpg", "a.png", "a.gif", "lossy.webp", "lossless.webp", "alpha.webp")
-
-
-def manifest_rows(path: Path) -> dict[int, dict[str, object]]:
-    return {row["photo_id"]: row for row in pq.read_table(path).to_pylist()}
 
 
 @pytest.mark.parametrize("name", REAL_FILES)
