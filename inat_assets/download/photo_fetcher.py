@@ -14,11 +14,18 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from inat_assets.download.config import FAILED_PERMANENT, FAILED_TRANSIENT, MB, OK, DownloadConfig
+from inat_assets.download.config import (
+    ANY_PORT,
+    FAILED_PERMANENT,
+    FAILED_TRANSIENT,
+    MB,
+    OK,
+    DownloadConfig,
+    parse_allowed_host,
+)
 from inat_assets.download.files import ImageInfo, check_image, describe_non_image, sniff_image
 from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.politeness import HostGate, HostGates, WaitNote
-from inat_assets.errors import DownloadError
 
 log = logging.getLogger("inat_assets.download")
 
@@ -111,21 +118,11 @@ class HostAllowlist:
         self.any_port: set[str] = set()
         self.ports: set[tuple[str, int]] = set()
         for entry in entries:
-            if entry.endswith(":*"):
-                self.any_port.add(entry[:-2].strip("[]").lower())
-                continue
-            try:
-                parts = urlsplit(f"//{entry}")
-                host, port = (parts.hostname or ""), parts.port
-            except ValueError:
-                host, port = "", None
-            if not host or parts.path or parts.username or parts.password:
-                raise DownloadError(
-                    f"allowed host {entry!r} is not a host name, host:port or host:*; fix --allow-host or "
-                    "INAT_ALLOWED_HOSTS"
-                )
+            host, port = parse_allowed_host(entry)
             if port is None:
                 self.default_port.add(host)
+            elif port == ANY_PORT:
+                self.any_port.add(host)
             else:
                 self.ports.add((host, port))
 

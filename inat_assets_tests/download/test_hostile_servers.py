@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from inat_assets.download import PhotoTask, run_download
+from inat_assets.download import DownloadConfig, PhotoTask, run_download
 from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.photo_fetcher import HostAllowlist
 from inat_assets.errors import DownloadError
@@ -155,8 +155,9 @@ def test_allowlist_ports() -> None:
     assert not allow.allows("http", "::1", None)
     assert HostAllowlist.describe("http", "::1", 8080) == "[::1]:8080"
     assert HostAllowlist.describe("https", "photos.example", 443) == "photos.example"
-    with pytest.raises(DownloadError, match=r"'photos\.example:http' is not a host name"):
-        HostAllowlist(("photos.example:http",))
+    for bad in ("photos.example:http", "photos.example/photos", "user@photos.example", ":8080"):
+        with pytest.raises(DownloadError, match="is not a host name, host:port or host:"):
+            DownloadConfig(allowed_hosts=(bad,))  # refused when the run is configured, not when it starts
 
 
 def test_redirect_to_another_port_of_an_allowed_host_is_refused(mirror: MirrorServer, tmp_path: Path) -> None:
