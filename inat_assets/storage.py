@@ -9,8 +9,8 @@ interface, which is why callers ask for paths and URIs here instead of joining s
 from __future__ import annotations
 
 import os
+import random
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,13 +26,29 @@ _UNSUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "http://
 
 
 
+def _create_beside(final: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.part`` beside ``final`` with mode 0666 less the umask.
+
+    tempfile.mkstemp would make it 0600 (and every photo, manifest and table renamed from it owner-
+    only, whatever the umask); an os.fchmod afterwards costs one more system call per file. Opening
+    with O_EXCL ourselves lets the kernel apply the umask, like any other new file. The random part
+    comes from the ``random`` module, which is reseeded in forked children, so worker processes
+    do not draw the same names; a name that exists anyway is simply drawn again.
+    """
+    while True:
+        tmp = final.parent / f".{final.name}.{random.getrandbits(40):010x}.part"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def _temporary_beside(final: Path) -> tuple[int, Path]:
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+        return _create_beside(final)
     except FileNotFoundError:  # first file in a new folder; mkdir only then (it is a syscall per file)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    return fd, Path(name)
+        return _create_beside(final)
 
 
 @contextmanager

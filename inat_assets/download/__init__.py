@@ -39,21 +39,29 @@ progress_interval=5.0, total=None) -> DownloadSummary``: builds the job and call
 ``DownloadSummary``: total, counts, bytes, seconds, images_per_second, top_errors, manifest_path,
 transient_failed, permanent_failed, ok, cached, duplicates, invalid, warnings (and ``failed``)
 ``MANIFEST_SCHEMA``: photo_id, url, path, status, http_status, bytes, sha256, content_type, attempts,
-error, seconds. One row per photo id, in completion order.
+error, seconds, width, height. One row per photo id, in completion order. ``url`` is the last URL
+requested (after redirects, where the bytes came from).
 ``batch_key(photo_id, span) -> "batch-%06d" % (photo_id // span)``
 ``BatchFolders(root, span)``: ``root / batch_key(pid, span)`` as a picklable ``dest_dir``.
 ``allowed_hosts_from_env()``: ``INAT_ALLOWED_HOSTS`` (comma-separated), else the two iNat hosts.
+Allowlist entries: ``host`` (ports 80/443), ``host:port`` or ``host:*`` (any port).
 
 Statuses: ``ok`` (downloaded now), ``cached`` (already on disk and valid, no request made),
 ``failed_permanent`` (404/403/410 and other 4xx, not an image, too large, host not allowed,
-bad URL; not retried), ``failed_transient`` (connect errors, resets, timeouts, 429, 5xx,
-truncated bodies that still failed after ``retries`` retries; a rerun tries them again).
+bad URL, a corrupt image, an unsupported Content-Encoding; not retried), ``failed_transient``
+(connect errors, resets, timeouts, 429, 5xx, truncated bodies and incomplete images that still
+failed after ``retries`` retries; a rerun tries them again).
 
 Behaviour
 ---------
 * Only http(s) URLs on allowed hosts; redirects are followed by hand, each hop checked, at most
   ``max_redirects``. File names come from the photo id only, the extension from the magic bytes
-  (jpg, png, gif, webp). A file is kept only for status 200, image bytes, the full Content-Length.
+  (jpg, png, gif, webp). A file is kept only for status 200, the full Content-Length and a
+  complete image (``files.check_image``: its header parses to width and height and its end marker
+  is there); reruns apply the same check to files on disk.
+* Memory is bounded whatever the servers send: bodies reserve their size from one budget per run
+  before they are read (``network.BodyBudget``), one gzip/deflate layer is undone under the
+  ``max_bytes`` cap, stacked and other encodings are refused.
 * On 403/404 the same ``photos/<id>/<size>.<ext>`` path is tried once on the paired host
   (static.inaturalist.org <-> inaturalist-open-data.s3.amazonaws.com) when that host is allowed.
 * Retries back off exponentially with jitter, or as ``Retry-After`` says (capped); 429 and 503

@@ -8,8 +8,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 import inat_assets
+from inat_assets.errors import DownloadError
 
 STATIC_HOST = "static.inaturalist.org"
 OPEN_DATA_HOST = "inaturalist-open-data.s3.amazonaws.com"
@@ -97,8 +99,11 @@ class DownloadConfig:
             raise ValueError("concurrency and processes must be at least 1")
         if self.retries < 0:
             raise ValueError("retries must be 0 or more")
-        # Host names compare case-insensitively; normalise once here.
+        # Host names compare case-insensitively; normalise once here, and refuse a malformed entry
+        # now rather than when (and in whichever worker process) the run starts.
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
+        for entry in self.allowed_hosts:
+            parse_allowed_host(entry)
 
     @property
     def user_agent(self) -> str:
@@ -149,10 +154,35 @@ def parse_photo_id(value: object) -> int | None:
     else:
         return None
     return number if 0 <= number <= MAX_PHOTO_ID else None
+ANY_PORT = -1
+
+
+def parse_allowed_host(entry: str) -> tuple[str, int | None]:
+    """``(host, port)`` of an allowlist entry: ``host`` -> port None (the scheme's default port),
+    ``host:port``, ``host:*`` -> ANY_PORT. IPv6 addresses in brackets: ``[::1]:8080``."""
+    if entry.endswith(":*"):
+        host, port = entry[:-2].strip("[]"), ANY_PORT
+    else:
+        try:
+            parts = urlsplit(f"//{entry}")
+            host, port = parts.hostname or "", parts.port
+            if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+                host = ""
+        except ValueError:
+            host = ""
+    if not host:
+        raise DownloadError(
+            f"allowed host {entry!r} is not a host name, host:port or host:*; fix --allow-host or INAT_ALLOWED_HOSTS"
+        )
+    return host.lower(), port
 
 
 def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple[str, ...]:
-    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty."""
+    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty.
+
+    An entry is ``host`` (ports 80/443 only), ``host:port`` or ``host:*`` (any port); see
+    photo_fetcher.HostAllowlist.
+    """
     raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     return hosts or default

@@ -279,9 +279,9 @@ async def _process(run: _Run, fetcher: Fetcher, task: PhotoTask, transport: http
     previous = run.previous.lookup(photo_id)
     existing = find_existing(folder, photo_id, previous[0] if previous else None) if photo_id in present else None
     if existing is not None:
-        path, _, size = existing
+        path, _, size, width, height = existing
         return ManifestRow(photo_id, task.url, path, CACHED, None, size, previous[1] if previous else None,
-                           None, 0, None, time.monotonic() - started)
+                           None, 0, None, time.monotonic() - started, width, height)
     result = await fetcher.fetch(task.url, transport)
     if result.status != OK or result.body is None:
         return ManifestRow(photo_id, result.url, None, result.status, result.http_status, None, None,
@@ -296,7 +296,8 @@ async def _process(run: _Run, fetcher: Fetcher, task: PhotoTask, transport: http
     present.add(photo_id)  # a repeat of this id that the input screen could not see finds the file
     run.downloaded_bytes += len(body)
     return ManifestRow(photo_id, result.url, path, OK, 200, len(body), digest,
-                       result.content_type, result.attempts, None, time.monotonic() - started)
+                       result.content_type, result.attempts, None, time.monotonic() - started,
+                       result.width, result.height)
 
 
 def _store(path: str, body: bytes) -> str:

@@ -42,6 +42,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("attempts", pa.int32(), nullable=False),  # requests made (0 for cached)
         pa.field("error", pa.string()),  # why it failed; null when ok/cached
         pa.field("seconds", pa.float64(), nullable=False),  # wall time spent on this photo
+        # Pixels, from the image's header (files.check_image); null unless ok/cached.
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
     ]
 )
 
@@ -61,6 +64,8 @@ class ManifestRow:
     attempts: int
     error: str | None
     seconds: float
+    width: int | None = None
+    height: int | None = None
 
 
 class ManifestWriter:

@@ -18,7 +18,7 @@ import pytest
 from inat_assets.cli.download_images import main, with_size
 from inat_assets.locks import is_held
 from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
-from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, files_in
+from inat_assets_tests.download.conftest import ANY_PORT_A, ANY_PORT_B, HOST_A, IMAGE_BYTES, files_in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def fetch_list(path: Path, mirror: MirrorServer, ids: range) -> Path:
 
 
 def cli_args(parquet: Path, output: Path, *extra: str) -> list[str]:
-    return ["--parquet", str(parquet), "--output", str(output), "--allow-host", HOST_A, "--allow-host", HOST_B,
+    return ["--parquet", str(parquet), "--output", str(output), "--allow-host", ANY_PORT_A, "--allow-host", ANY_PORT_B,
             "--quiet", "--retries", "1", *extra]
 
 
@@ -86,9 +86,10 @@ def test_host_not_allowed_without_allow_host(mirror: MirrorServer, tmp_path: Pat
     monkeypatch.delenv("INAT_ALLOWED_HOSTS", raising=False)
     parquet = fetch_list(tmp_path / "f.parquet", mirror, range(1, 3))
     assert main(["--parquet", str(parquet), "--output", str(tmp_path / "o"), "--quiet"]) == 1
-    assert "host not allowed: 127.0.0.1; allow it with --allow-host or INAT_ALLOWED_HOSTS" in capsys.readouterr().err
+    port = mirror.addresses[0][1]
+    assert f"host not allowed: {HOST_A}:{port}; allow it with --allow-host or INAT_ALLOWED_HOSTS" in capsys.readouterr().err
     assert mirror.total_hits == 0
-    monkeypatch.setenv("INAT_ALLOWED_HOSTS", HOST_A)
+    monkeypatch.setenv("INAT_ALLOWED_HOSTS", f"{HOST_A}:{port}")
     assert main(["--parquet", str(parquet), "--output", str(tmp_path / "o"), "--quiet"]) == 0
 
 
