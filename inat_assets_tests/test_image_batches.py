@@ -150,17 +150,23 @@ def test_nice_span_targets_about_fifty_thousand_photos() -> None:
         batch_range("not-a-batch", 10)
 
 
-def test_demo_command_runs_offline(tmp_path: Path) -> None:
+def test_demo_command_materializes_both_shipped_datasets_offline(tmp_path: Path) -> None:
     env = {**os.environ, "INAT_DATA_DIR": str(tmp_path / "demo")}
     command = [str(Path(sys.executable).with_name("inat-assets")), "demo"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "fetch.parquet" in first.stdout and "images: ok" in first.stdout
-    photos = query(f"SELECT count(*) FROM '{tmp_path}/demo/fetch.parquet'")[0][0]
-    files = [p for p in (tmp_path / "demo" / "images").rglob("*") if p.is_file()]
-    assert len(files) == photos - 1  # one photo 404s on purpose
+    assert "dataset plants: fetch.parquet" in first.stdout and "dataset fungi_open: fetch.parquet" in first.stdout
+    data = tmp_path / "demo"
+    plants = query(f"SELECT count(*) FROM '{fetch_path(data, 'plants')}'")[0][0]
+    fungi = query(f"SELECT count(*) FROM '{fetch_path(data, 'fungi_open')}'")[0][0]
+    assert plants > 0 and fungi > 0
+    assert query(f"SELECT DISTINCT kingdom FROM '{fetch_path(data, 'fungi_open')}'") == [("Fungi",)]
+    originals = [p for p in (data / "photos" / "original").rglob("*") if p.is_file()]
+    mediums = [p for p in (data / "photos" / "medium").rglob("*") if p.is_file()]
+    assert len(originals) == plants - 1  # one plant photo 404s on purpose
+    assert len(mediums) == fungi
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "images: cached" in again.stdout
+    assert again.returncode == 0 and "images: cached" in again.stdout and "images: ok" not in again.stdout
 
 
 def test_an_empty_first_fetch_list_does_not_fix_the_span(tmp_path: Path) -> None:
