@@ -19,18 +19,24 @@ from inat_assets.assets.tables import (
 )
 from inat_assets.resources import inat_resources
 
-fetch_list_job = dg.define_asset_job(
+tables_job = dg.define_asset_job(
     "tables_job",
     selection=dg.AssetSelection.assets(dwca_archive, observations_parquet, media_parquet),
     description="Archive -> observations/media Parquet (shared by every dataset).",
 )
 
-shared_defs = dg.Definitions(
-    assets=[dwca_archive, observations_parquet, media_parquet],
-    asset_checks=[observations_reject_share, media_reject_share, unique_observation_ids],
-    jobs=[fetch_list_job],
-)
 
-declared_datasets = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
 
-defs = dg.Definitions.merge(shared_defs, declared_datasets, dg.Definitions(resources=inat_resources()))
+def _load_definitions() -> dg.Definitions:
+    # Built in a function: Dagster's loaders refuse a module with more than one Definitions at its top.
+    shared = dg.Definitions(
+        assets=[dwca_archive, observations_parquet, media_parquet],
+        asset_checks=[observations_reject_share, media_reject_share, unique_observation_ids],
+        jobs=[tables_job],
+        resources=inat_resources(),
+    )
+    declared = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(shared, declared)
+
+
+defs = _load_definitions()

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from inat_assets.assets.fetch_list import FETCH_LIST_SCHEMA
 from inat_assets.dwca.fetch_list import FetchListError, normalize_licenses, validate_where
 from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.conftest import checks, fetch_path, metadata, query, run_graph
@@ -39,6 +40,10 @@ def test_default_fetch_list_is_plantae_still_images(sample_48: SampleArchiveInfo
                    "scientific_name", "taxon_id", "taxon_rank", "kingdom", "phylum", "class", "order",
                    "family", "genus", "country_code", "event_date"):  # fmt: skip
         assert column in columns
+    # The schema shown in the UI (dagster/column_schema) is the file's, name for name and type for type.
+    described = query(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {fetch})")
+    assert described == [(c.name, c.type) for c in FETCH_LIST_SCHEMA.columns]
+    assert meta["dagster/column_schema"] == FETCH_LIST_SCHEMA and "rows" not in meta
     ids = [r[0] for r in query(f"SELECT photo_id FROM {fetch}")]
     assert ids == sorted(ids) and len(ids) == len(set(ids))
     assert query(f"SELECT DISTINCT kingdom FROM {fetch}") == [("Plantae",)]
