@@ -20,12 +20,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from enum import StrEnum
 from typing import Any
 
 import dagster as dg
 import duckdb
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from inat_assets.dwca.fetch_list import PHOTO_SIZES, FetchFilters, normalize_licenses, validate_where
 from inat_assets.errors import FetchListError, InatAssetsError
@@ -147,6 +148,48 @@ SELECTION_FIELDS = (
 )  # fmt: skip
 
 
+_SCAFFOLD_TEMPLATE = """\
+# A dataset: which photos of the archive to download, at which size. Every filter is optional;
+# lists combine with OR, filters with AND. Checked by `dg check defs` and when Dagster loads.
+type: {type_name}
+
+attributes:
+  name: {name}
+  description: ""
+  kingdom: [Plantae]          # Animalia, Archaea, Bacteria, Chromista, Fungi, Plantae, Protozoa, Viruses
+  # phylum: []  class_: []  order: []  family: []  genus: []    (names as in the archive)
+  # taxon_id: []                 iNaturalist taxon ids, any rank
+  # taxon_rank: [species]        rank of the identification
+  # country_code: [FR]           ISO 3166-1 alpha-2
+  # license: [CC0, CC-BY]        codes or licence URLs
+  # captive: wild                wild or cultivated
+  # event_date_from: "2020-01-01"  (quoted: YAML would read a bare date as a date)
+  # event_date_to: "2024-12-31"
+  # where: "o.coordinateUncertaintyInMeters < 100"
+  photo_size: medium          # original, large, medium, small, thumb, square
+"""
+
+
+class InatDatasetScaffolder(dg.Scaffolder):
+    """`dg scaffold defs inat_assets.components.InatDataset datasets/<name>`: a declaration to edit."""
+
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        name = request.target_path.name
+        if not re.fullmatch(DATASET_NAME_PATTERN, name):
+            raise DatasetDeclarationError(
+                f"dataset folder {name!r}: the folder name is the dataset's name and must match "
+                f"{DATASET_NAME_PATTERN} (lower case, digits, underscores)"
+            )
+        if request.scaffold_format != "yaml":
+            dg.scaffold_component(request)
+            return
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "defs.yaml").write_text(
+            _SCAFFOLD_TEMPLATE.format(type_name=request.type_name, name=name)
+        )
+
+
+@dg.scaffold_with(InatDatasetScaffolder)
 class InatDataset(dg.Component, dg.Model, dg.Resolvable):
     """One declared dataset: a filtered photo list of the archive and its downloaded image batches.
 
@@ -178,19 +221,6 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
     training: TrainingOptions = Field(
         default_factory=TrainingOptions, description="Reserved for the training dataset (issue 8); not used yet."
     )
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _name_the_dataset(cls, data: Any, handler: Any) -> InatDataset:
-        """Prefix every error with the dataset's name, so a bad file among many is found at once."""
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            name = data.get("name") if isinstance(data, dict) else getattr(data, "name", None)
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'declaration'}: {error['msg']}" for error in exc.errors()
-            )
-            raise DatasetDeclarationError(f"dataset {name!r}: {problems}") from None
 
     @field_validator("country_code")
     @classmethod
@@ -237,6 +267,36 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
         if self.event_date_from and self.event_date_to and self.event_date_from > self.event_date_to:
             raise ValueError(f"event_date_from {self.event_date_from} is after event_date_to {self.event_date_to}")
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_dataset(cls, data: Any, handler: Any) -> Any:
+        return _named_validation(data, handler)
+
+    @classmethod
+    def model(cls) -> type[BaseModel]:
+        """Dagster's YAML model of the declaration, with errors prefixed by the dataset's name too.
+
+        Dagster checks enums, numbers and bounds on this model first (that is what `dg check yaml`
+        and the UI see), before the component's own validators run.
+        """
+        if cls not in _NAMED_MODELS:
+            derived = super().model()
+            _NAMED_MODELS[cls] = create_model(
+                derived.__name__,
+                __base__=derived,
+                __validators__={"name_the_dataset": model_validator(mode="wrap")(_named_validation)},  # type: ignore[dict-item]
+            )
+        return _NAMED_MODELS[cls]
+
+    @classmethod
+    def resolve_from_model(cls, context: dg.ResolutionContext, model: BaseModel) -> InatDataset:
+        try:
+            return super().resolve_from_model(context, model)
+        except DatasetDeclarationError:
+            raise
+        except Exception as exc:  # a nested section (training) failed while resolving
+            raise DatasetDeclarationError(f"dataset {getattr(model, 'name', None)!r}: {exc}") from exc
 
     def filters(self) -> FetchFilters:
         return FetchFilters(
@@ -288,6 +348,31 @@ def dataset_definitions(dataset: InatDataset, retry_policy: dg.RetryPolicy | Non
             )
         ],
     )
+
+
+_NAMED_MODELS: dict[type, type[BaseModel]] = {}
+_FIELD_PART = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``('kingdom', 'list[str-enum[Kingdom]]', 0)`` -> ``kingdom.0``: fields and indices, no union tags."""
+    parts = [str(p) for p in loc if isinstance(p, int) or _FIELD_PART.match(p)]
+    return ".".join(parts) or "declaration"
+
+
+def _named_validation(data: Any, handler: Any) -> Any:
+    """Run pydantic's validation; on failure, one error that names the dataset and each field at fault."""
+    try:
+        return handler(data)
+    except ValidationError as exc:
+        name = data.get("name") if isinstance(data, dict) else getattr(data, "name", None)
+        problems = "; ".join(
+            f"{_field_path(error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+            # Dagster's model also accepts a template string for every field; that branch only adds noise.
+            if not (error["type"] == "string_type" and error["loc"] and error["loc"][-1] == "str")
+        )
+        raise DatasetDeclarationError(f"dataset {name!r}: {problems}") from None
 
 
 def _not_a_date(value: str) -> str:
