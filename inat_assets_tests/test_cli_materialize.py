@@ -28,7 +28,7 @@ def test_dagster_asset_materialize_command(sample_45: SampleArchiveInfo, tmp_pat
     completed = subprocess.run(
         [
             str(dagster), "asset", "materialize", "-m", "inat_assets.definitions",
-            "--select", "dwca_archive,observations_parquet,media_parquet,fetch_parquet",
+            "--select", "dwca_archive,observations_parquet,media_parquet,plants/fetch_parquet",
         ],
         cwd=REPO,
         env=env,
@@ -37,6 +37,6 @@ def test_dagster_asset_materialize_command(sample_45: SampleArchiveInfo, tmp_pat
         timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    fetch = tmp_path / "data" / "fetch.parquet"
+    fetch = tmp_path / "data" / "datasets" / "plants" / "fetch.parquet"
     assert query(f"SELECT count(*) FROM '{fetch}'")[0][0] == sample_45.photos_by_kingdom["Plantae"]
     assert query(f"SELECT count(*) FROM '{tmp_path}/data/observations.parquet'")[0][0] == sample_45.observations_valid
