@@ -57,9 +57,9 @@ def test_an_invalid_field_fails_naming_the_dataset_and_the_field(field: str, yam
 
 
 def test_dates_out_of_order_and_bad_names_are_refused() -> None:
-    with pytest.raises(Exception, match="dataset 'late'.*event_date_from 2024-01-01 is after"):
+    with pytest.raises(Exception, match=r"dataset 'late'.*event_date_from 2024-01-01 is after"):
         InatDataset(name="late", event_date_from="2024-01-01", event_date_to="2020-01-01")
-    with pytest.raises(Exception, match="dataset 'Plants-2'.*name"):
+    with pytest.raises(Exception, match=r"dataset 'Plants-2'.*name"):
         InatDataset(name="Plants-2")
 
 
