@@ -150,7 +150,7 @@ SELECTION_FIELDS = (
 
 _SCAFFOLD_TEMPLATE = """\
 # A dataset: which photos of the archive to download, at which size. Every filter is optional;
-# lists combine with OR, filters with AND. Checked by `dg check defs` and when Dagster loads.
+# a photo matches a list when it has any of its values; filters combine with AND. Checked by `dg check defs` and when Dagster loads.
 type: {type_name}
 
 attributes:
@@ -235,10 +235,12 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
     def _iso_date(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            return dt.date.fromisoformat(value).isoformat() if len(value) == 10 else _not_a_date(value)
+        try:  # fromisoformat alone would also take 20200101 and 2020-W01-1
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+                return dt.date.fromisoformat(value).isoformat()
         except ValueError:
-            return _not_a_date(value)
+            pass
+        raise ValueError(f"{value!r} is not a date; write YYYY-MM-DD")
 
     @field_validator("where")
     @classmethod
@@ -373,7 +375,3 @@ def _named_validation(data: Any, handler: Any) -> Any:
             if not (error["type"] == "string_type" and error["loc"] and error["loc"][-1] == "str")
         )
         raise DatasetDeclarationError(f"dataset {name!r}: {problems}") from None
-
-
-def _not_a_date(value: str) -> str:
-    raise ValueError(f"{value!r} is not a date; write YYYY-MM-DD")
