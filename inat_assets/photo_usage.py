@@ -18,6 +18,8 @@ import duckdb
 
 from inat_assets.batches import batch_range
 from inat_assets.dwca.convert import sql_string
+from inat_assets.locks import LockedError, acquire
+from inat_assets.storage import DataStore
 
 _PHOTO_FILE = re.compile(r"^(\d+)\.(?:jpg|png|gif|webp)$")
 _BATCH_FOLDER = re.compile(r"^batch-\d{6,}$")
@@ -38,42 +40,61 @@ class UnusedPhotos:
     bytes: int
     deleted: int
     by_size: dict[str, tuple[int, int]]  # size -> (count, bytes)
+    busy_folders: list[str]  # size/batch folders skipped because a download holds them
 
 
 def find_unused_photos(
     con: duckdb.DuckDBPyConnection,
-    photos_root: Path,
+    store: DataStore,
     span: int | None,
     selections: Sequence[SelectedPhotos],
     *,
     delete: bool = False,
 ) -> UnusedPhotos:
-    """Count (and with ``delete`` remove) the photo files no selection lists."""
+    """Count (and with ``delete`` remove) the photo files no selection lists.
+
+    Deleting takes each folder's lock, the one image_batches holds while downloading into it, so a
+    batch that is running is never emptied under its feet (its folder is skipped and listed).
+    """
     count = size_bytes = deleted = 0
     by_size: dict[str, tuple[int, int]] = {}
+    busy: list[str] = []
+    photos_root = store.photos_root()
     if not photos_root.is_dir():
-        return UnusedPhotos(0, 0, 0, {})
+        return UnusedPhotos(0, 0, 0, {}, [])
     for size_dir in sorted(p for p in photos_root.iterdir() if p.is_dir()):
         lists = [s.fetch_list for s in selections if s.size == size_dir.name and s.fetch_list.exists()]
         size_count = size_total = 0
         for folder in sorted(p for p in size_dir.iterdir() if p.is_dir() and _BATCH_FOLDER.match(p.name)):
             wanted = _selected_ids(con, lists, folder.name, span) if lists and span else set()
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    match = _PHOTO_FILE.match(entry.name)
-                    if not match or int(match[1]) in wanted:
-                        continue
-                    length = entry.stat().st_size
-                    size_count += 1
-                    size_total += length
-                    if delete:
-                        Path(entry.path).unlink(missing_ok=True)
-                        deleted += 1
+            try:
+                lock = (
+                    acquire(store.photos_lock(size_dir.name, folder.name), purpose="deleting unused photos")
+                    if delete
+                    else None
+                )
+            except LockedError:
+                busy.append(f"{size_dir.name}/{folder.name}")
+                continue
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        match = _PHOTO_FILE.match(entry.name)
+                        if not match or int(match[1]) in wanted:
+                            continue
+                        size_count += 1
+                        size_total += entry.stat().st_size
+                        if delete:
+                            Path(entry.path).unlink(missing_ok=True)
+                            deleted += 1
+            finally:
+                if lock:
+                    lock.release()
         if size_count:
             by_size[size_dir.name] = (size_count, size_total)
         count += size_count
         size_bytes += size_total
-    return UnusedPhotos(count, size_bytes, deleted, by_size)
+    return UnusedPhotos(count, size_bytes, deleted, by_size, busy)
 
 
 def _selected_ids(con: duckdb.DuckDBPyConnection, fetch_lists: list[Path], batch: str, span: int) -> set[int]:

@@ -109,6 +109,10 @@ class DataStore:
         """``photos/<size>/<batch>/``: each photo stored once per size, whichever datasets select it."""
         return self.path("photos", size, batch)
 
+    def photos_lock(self, size: str, batch: str) -> Path:
+        """Held while a run writes to (or deletes from) ``photos/<size>/<batch>/``."""
+        return self.scratch_dir("locks") / f"photos-{size}-{batch}.lock"
+
     def dataset_dir(self, dataset: str) -> Path:
         return self.path("datasets", dataset)
 

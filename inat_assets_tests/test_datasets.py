@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import duckdb
 import pytest
 from dagster import DagsterInstance, build_asset_context, materialize
 
 from inat_assets.assets.images import ImageBatchConfig
 from inat_assets.cli.main import main as cli_main
+from inat_assets.locks import acquire
+from inat_assets.photo_usage import find_unused_photos
+from inat_assets.storage import DataStore
 from inat_assets.testing.mirror import MirrorServer, serve_mirror
 from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.conftest import (
@@ -152,3 +156,21 @@ def test_an_image_batch_called_directly_with_a_partition_key(
     assert sorted(int(p.stem) for p in (data / "photos" / "small" / key).iterdir()) == expected
     urls = query(f"SELECT url FROM '{fetch_path(data, 'fungi')}' WHERE photo_id >= ? AND photo_id < ?", lo, hi)
     assert all("/small." in url and mirror.hits(urlsplit(url).path) == 1 for (url,) in urls)
+
+
+def test_unused_photos_are_not_deleted_from_a_folder_a_download_holds(tmp_path: Path) -> None:
+    store = DataStore(tmp_path)
+    held, free = store.photos_dir("original", "batch-000001"), store.photos_dir("original", "batch-000002")
+    for folder, photo_id in ((held, 15), (free, 25)):
+        folder.mkdir(parents=True)
+        (folder / f"{photo_id}.jpg").write_bytes(b"\xff\xd8\xff" + b"x" * 97)
+    (free / ".26.jpg.abc.part").write_bytes(b"partial")  # a download's temporary file is never counted
+    lock = acquire(store.photos_lock("original", "batch-000001"), purpose="a running batch")
+    try:
+        with duckdb.connect() as con:
+            unused = find_unused_photos(con, store, 10, [], delete=True)
+    finally:
+        lock.release()
+    assert unused.busy_folders == ["original/batch-000001"] and (held / "15.jpg").exists()
+    assert (unused.count, unused.bytes, unused.deleted) == (1, 100, 1) and not (free / "25.jpg").exists()
+    assert (free / ".26.jpg.abc.part").exists()

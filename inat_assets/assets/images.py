@@ -149,7 +149,7 @@ def download_batch(
     fetch_list, folder = store.fetch_list(name), store.photos_dir(size, key)
     # Two datasets downloading the same photo folder at once would delete each other's partial files.
     try:
-        folder_lock = acquire(store.scratch_dir("locks") / f"photos-{size}-{key}.lock", purpose=f"{name} {key}")
+        folder_lock = acquire(store.photos_lock(size, key), purpose=f"{name} downloading {key}")
     except LockedError as exc:
         raise Failure(f"{key}: {exc}; Dagster retries this batch later.", allow_retries=True) from exc
     try:

@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="photos_command", required=True)
     unused = sub.add_parser("unused", help="count (and with --delete remove) photos no dataset selects")
     unused.add_argument("--delete", action="store_true", help="delete them (default: only report)")
-    unused.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $INAT_DATA_DIR, else ./data)")
+    unused.add_argument(
+        "--data-dir", type=Path, default=None, help="data folder (default: $INAT_DATA_DIR, else ./data)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,16 +47,17 @@ def run(args: argparse.Namespace) -> int:
     selections = declared_selections(defs, store)
     with duckdb.connect() as con:
         unused = find_unused_photos(
-            con, store.photos_root(), load_span(store.batch_state()), selections, delete=args.delete
+            con, store, load_span(store.batch_state()), selections, delete=args.delete
         )
     names = ", ".join(f"{s.dataset} ({s.size})" for s in selections) or "none"
     print(f"datasets: {names}")
     for size, (count, size_bytes) in sorted(unused.by_size.items()):
         print(f"photos/{size}: {count:,} unused photos, {size_bytes / 1e6:,.1f} MB")
     print(f"unused photos: {unused.count:,}, {unused.bytes:,} bytes in {store.photos_root()}")
+    for folder in unused.busy_folders:
+        print(f"photos/{folder}: skipped, a batch is downloading into it; run the command again later")
     if args.delete:
         print(f"deleted {unused.deleted:,} photos")
     elif unused.count:
         print("nothing deleted; run `inat-assets photos unused --delete` to remove them")
     return 0
-
