@@ -20,6 +20,7 @@ import duckdb
 from inat_assets.download.config import PhotoTask, batch_key
 from inat_assets.dwca.convert import sql_string
 from inat_assets.errors import BatchError
+from inat_assets.locks import locked
 from inat_assets.storage import atomic_write_bytes
 
 DEFAULT_PHOTOS_PER_BATCH = 50_000
@@ -68,22 +69,24 @@ def plan_batches(
     con: duckdb.DuckDBPyConnection, fetch_list: Path, state_file: Path, requested_span: int = 0
 ) -> BatchPlan:
     """Fix the span (the stored one, the requested one, or a new one) and list the batch keys."""
-    stored = load_span(state_file)
-    if requested_span and stored and requested_span != stored:
-        raise BatchError(
-            f"INAT_BATCH_SPAN={requested_span} but the existing image batches use span {stored} "
-            f"(kept in {state_file}). Unset INAT_BATCH_SPAN, or move images/, manifests/ and "
-            f"{state_file.name} aside to start over with a new span."
-        )
     source = f"read_parquet({sql_string(fetch_list)})"
-    span = stored or requested_span
-    if not span:
-        photos, lo, hi = con.execute(f"SELECT count(*), min(photo_id), max(photo_id) FROM {source}").fetchone()  # type: ignore[misc]
-        span = nice_span(int(photos), int(lo or 0), int(hi or 0))
-    has_photos = con.execute(f"SELECT count(*) > 0 FROM {source}").fetchone()[0]  # type: ignore[index]
-    # An empty first list (a typo in a filter) must not fix a span for good; the next run chooses.
-    if stored is None and has_photos:
-        atomic_write_bytes(state_file, json.dumps({"span": span}).encode())
+    # Every dataset's fetch list goes through here: the lock makes the first one to fix the span win.
+    with locked(state_file.with_name(state_file.name + ".lock"), purpose="choosing the image batch span", wait_seconds=60):
+        stored = load_span(state_file)
+        if requested_span and stored and requested_span != stored:
+            raise BatchError(
+                f"INAT_BATCH_SPAN={requested_span} but the existing image batches use span {stored} "
+                f"(kept in {state_file}). Unset INAT_BATCH_SPAN, or move photos/, datasets/*/manifests/ and "
+                f"{state_file.name} aside to start over with a new span."
+            )
+        span = stored or requested_span
+        if not span:
+            photos, lo, hi = con.execute(f"SELECT count(*), min(photo_id), max(photo_id) FROM {source}").fetchone()  # type: ignore[misc]
+            span = nice_span(int(photos), int(lo or 0), int(hi or 0))
+        has_photos = con.execute(f"SELECT count(*) > 0 FROM {source}").fetchone()[0]  # type: ignore[index]
+        # An empty first list (a typo in a filter) must not fix a span for good; the next run chooses.
+        if stored is None and has_photos:
+            atomic_write_bytes(state_file, json.dumps({"span": span}).encode())
     indices = con.execute(f"SELECT DISTINCT photo_id // {int(span)} AS i FROM {source} ORDER BY i").fetchall()
     return BatchPlan(span, [batch_key(int(i) * span, span) for (i,) in indices])
 
@@ -108,3 +111,35 @@ def count_batch(con: duckdb.DuckDBPyConnection, fetch_list: Path, key: str, span
         f"SELECT count(*) FROM read_parquet({sql_string(fetch_list)}) WHERE photo_id >= {lo} AND photo_id < {hi}"
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def outdated_batches(
+    con: duckdb.DuckDBPyConnection, fetch_list: Path, manifests: list[Path], span: int
+) -> list[str]:
+    """Keys of the given manifests whose photos differ from the fetch list's photos in that range.
+
+    Photos are compared by id and URL path (``/photos/<id>/<size>.<ext>``; the host may be a
+    mirror's), so a changed filter or photo size both count. A batch without a manifest is missing,
+    not outdated, and is not listed.
+    """
+    if not manifests:
+        return []
+    files = "[" + ", ".join(sql_string(m) for m in manifests) + "]"
+    path = r"regexp_extract(url, '^[a-zA-Z]+://[^/]+(/[^?#]*)', 1)"
+    rows = con.execute(
+        rf"""
+        WITH listed AS (
+            SELECT regexp_extract(filename, 'batch-([0-9]+)\.parquet$', 1)::BIGINT AS i, photo_id, {path} AS p
+            FROM read_parquet({files}, filename = true)
+        ),
+        wanted AS (
+            SELECT photo_id // {int(span)} AS i, photo_id, {path} AS p
+            FROM read_parquet({sql_string(fetch_list)})
+            WHERE photo_id // {int(span)} IN (SELECT DISTINCT i FROM listed)
+        )
+        SELECT DISTINCT i FROM ((SELECT * FROM listed EXCEPT SELECT * FROM wanted)
+                                UNION ALL (SELECT * FROM wanted EXCEPT SELECT * FROM listed))
+        ORDER BY i
+        """
+    ).fetchall()
+    return [batch_key(int(i) * span, span) for (i,) in rows]

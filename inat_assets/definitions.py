@@ -1,11 +1,15 @@
-"""The one Definitions object: assets, checks, jobs and resources of inat-assets."""
+"""The one Definitions object: the shared archive and tables, every declared dataset, and the resources.
 
-from dagster import AssetSelection, Definitions, define_asset_job
-from dagster_duckdb import DuckDBResource
+Datasets are Dagster Components declared in ``inat_assets/defs/datasets/<name>/defs.yaml``; they are
+loaded with ``dg.load_from_defs_folder`` here, so ``dagster dev -w workspace.yaml``,
+``dagster asset materialize -m inat_assets.definitions`` and ``dg`` all see the same graph.
+"""
+
+from pathlib import Path
+
+import dagster as dg
 
 from inat_assets.assets.archive import dwca_archive
-from inat_assets.assets.fetch_list import fetch_parquet, unique_photo_ids_with_http_urls
-from inat_assets.assets.images import image_batches
 from inat_assets.assets.tables import (
     media_parquet,
     media_reject_share,
@@ -13,32 +17,26 @@ from inat_assets.assets.tables import (
     observations_reject_share,
     unique_observation_ids,
 )
-from inat_assets.resources import settings_from_env
+from inat_assets.resources import inat_resources
 
-fetch_list_job = define_asset_job(
-    "fetch_list_job",
-    selection=AssetSelection.assets(dwca_archive, observations_parquet, media_parquet, fetch_parquet),
-    description="Archive -> observations/media Parquet -> fetch.parquet.",
+tables_job = dg.define_asset_job(
+    "tables_job",
+    selection=dg.AssetSelection.assets(dwca_archive, observations_parquet, media_parquet),
+    description="Archive -> observations/media Parquet (shared by every dataset).",
 )
 
-image_batches_job = define_asset_job(
-    "image_batches_job",
-    selection=AssetSelection.assets(image_batches),
-    description="Download one image batch (a photo-id range of fetch.parquet); backfill it for all.",
-)
 
-defs = Definitions(
-    assets=[dwca_archive, observations_parquet, media_parquet, fetch_parquet, image_batches],
-    asset_checks=[
-        observations_reject_share,
-        media_reject_share,
-        unique_observation_ids,
-        unique_photo_ids_with_http_urls,
-    ],
-    jobs=[fetch_list_job, image_batches_job],
-    resources={
-        "settings": settings_from_env(),
-        # An in-memory database: every table lives in Parquet files, DuckDB is only the engine.
-        "duckdb": DuckDBResource(database=":memory:"),
-    },
-)
+
+def _load_definitions() -> dg.Definitions:
+    # Built in a function: Dagster's loaders refuse a module with more than one Definitions at its top.
+    shared = dg.Definitions(
+        assets=[dwca_archive, observations_parquet, media_parquet],
+        asset_checks=[observations_reject_share, media_reject_share, unique_observation_ids],
+        jobs=[tables_job],
+        resources=inat_resources(),
+    )
+    declared = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(shared, declared)
+
+
+defs = _load_definitions()

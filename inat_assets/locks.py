@@ -40,10 +40,18 @@ class HeldLock:
             self._fd = -1
 
 
-def _holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
+def _holder(path: Path, attempts: int = 10) -> str:
+    # The holder writes its record just after taking the lock: a refusal in that instant reads an
+    # empty or half-written file, so look again for up to ~0.5 s before giving up on naming it.
+    info: dict = {}
+    for attempt in range(attempts):
+        try:
+            info = json.loads(path.read_text())
+            break
+        except (OSError, ValueError):
+            if attempt < attempts - 1:
+                time.sleep(0.05)
+    if not info:
         return "another process"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("time", 0)))
     return f"pid {info.get('pid')} on {info.get('host')} ({info.get('purpose', 'a run')}, since {started})"

@@ -1,107 +1,205 @@
-"""Settings shared by every asset, read from environment variables (see README, "Configuration")."""
+"""The resources every asset gets: ready objects, not a bag of settings.
+
+- ``store`` (DataStoreResource): where outputs go and how image batches are laid out.
+- ``dwca`` (DwcaResource): where the Darwin Core Archive comes from and how its CSVs are read.
+- ``duckdb`` (InatDuckDBResource): DuckDB connections with the memory cap, threads and spill folder
+  already applied, so no asset or check can forget them.
+- ``downloader`` (PhotoDownloaderResource): download settings (hosts, contact, concurrency) and
+  the photo mirror, handed out as a ready DownloadConfig and routed tasks.
+
+Every field is read from the environment variable ``INAT_`` + FIELD.upper() (``data_dir`` ->
+``INAT_DATA_DIR``): the field list is the one list of settings. Only variables that are set are
+passed as EnvVar, so the Dagster UI shows where a value came from and unset ones keep the defaults.
+"""
+
+from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import duckdb
 from dagster import ConfigurableResource, EnvVar
+from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from inat_assets.download import INAT_PHOTO_HOSTS, DownloadConfig, PhotoTask
 from inat_assets.dwca.convert import DEFAULT_MEMORY_LIMIT, configure_duckdb
 from inat_assets.storage import DataStore
 
 OFFICIAL_DWCA_URL = "https://www.inaturalist.org/observations/gbif-observations-dwca.zip"
-
-# Environment variable -> InatSettings field. Only variables that are set are passed as EnvVar, so
-# the Dagster UI shows where a value came from and unset variables fall back to the defaults below.
-ENV_SETTINGS: dict[str, str] = {
-    "INAT_DATA_DIR": "data_dir",
-    "INAT_DWCA_SOURCE": "dwca_source",
-    "INAT_DUCKDB_MEMORY_LIMIT": "duckdb_memory_limit",
-    "INAT_DUCKDB_THREADS": "duckdb_threads",
-    "INAT_DUCKDB_TEMP_DIR": "duckdb_temp_dir",
-    "INAT_CSV_READ_MODE": "csv_read_mode",
-    "INAT_CONTACT": "contact",
-    "INAT_ALLOWED_HOSTS": "allowed_hosts",
-    "INAT_BATCH_SPAN": "batch_span",
-    "INAT_DOWNLOAD_CONCURRENCY": "download_concurrency",
-    "INAT_PHOTO_MIRROR": "photo_mirror",
-}
+ENV_PREFIX = "INAT_"
 
 
-_INT_FIELDS = {"duckdb_threads", "batch_span", "download_concurrency"}
+def env_var(field: str) -> str:
+    """The environment variable of a settings field: ``data_dir`` -> ``INAT_DATA_DIR``."""
+    return ENV_PREFIX + field.upper()
 
 
-class InatSettings(ConfigurableResource):
-    """Where data goes, where the archive comes from, and how hard DuckDB and the downloader may work."""
+class _SettingsFromEnv(ConfigurableResource):
+    """Base of the resources whose own fields are user settings read from INAT_* variables."""
 
-    data_dir: str = Field(default="./data", description="INAT_DATA_DIR: folder for every output.")
+    # Fields inherited from a library base class (DuckDBResource's database, ...) are not settings.
+    _NOT_SETTINGS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def setting_fields(cls) -> list[str]:
+        return [
+            name
+            for name, info in cls.model_fields.items()
+            if name not in cls._NOT_SETTINGS and info.annotation in (str, int)
+        ]
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Any:
+        """The resource with an EnvVar for every setting whose variable is set; ``overrides`` win."""
+        environ = dict(os.environ) if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for name in cls.setting_fields():
+            var = env_var(name)
+            if environ.get(var):
+                kwargs[name] = EnvVar.int(var) if cls.model_fields[name].annotation is int else EnvVar(var)
+        return cls(**{**kwargs, **overrides})
+
+
+class DataStoreResource(_SettingsFromEnv):
+    """The data directory and its layout (paths and atomic writes live in inat_assets.storage)."""
+
+    data_dir: str = Field(default="./data", description="Folder for every output (INAT_DATA_DIR).")
+    batch_span: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Photo ids per image batch; 0 = sized for about 50k photos. Fixed at the first fetch list "
+            "of any dataset (kept in <data_dir>/batches.json) and shared by all datasets (INAT_BATCH_SPAN)."
+        ),
+    )
+
+    def get(self) -> DataStore:
+        return DataStore.from_setting(self.data_dir)
+
+
+class DwcaResource(_SettingsFromEnv):
+    """Where the Darwin Core Archive comes from and how its CSV members are read."""
+
     dwca_source: str = Field(
         default=OFFICIAL_DWCA_URL,
-        description="INAT_DWCA_SOURCE: the archive, a local path (used in place) or an http(s) URL.",
-    )
-    duckdb_memory_limit: str = Field(
-        default=DEFAULT_MEMORY_LIMIT,
-        description="INAT_DUCKDB_MEMORY_LIMIT: DuckDB's memory_limit; larger work spills to the temp dir.",
-    )
-    duckdb_threads: int = Field(
-        default=0, description="INAT_DUCKDB_THREADS: DuckDB worker threads; 0 = one per core."
-    )
-    duckdb_temp_dir: str = Field(
-        default="",
-        description="INAT_DUCKDB_TEMP_DIR: DuckDB spill folder; empty = <data_dir>/tmp/duckdb.",
+        description="The archive: a local path (used in place) or an http(s) URL (INAT_DWCA_SOURCE).",
     )
     csv_read_mode: str = Field(
         default="auto",
         description=(
-            "INAT_CSV_READ_MODE: 'stream' pipes each CSV member out of the zip into DuckDB (no disk "
-            "for the CSV); 'extract' inflates it to the scratch folder first so DuckDB reads it with "
-            "all threads (needs the member's size free); 'auto' extracts when there is room, else streams."
+            "'stream' pipes each CSV member out of the zip into DuckDB (no disk for the CSV); 'extract' "
+            "inflates it to the scratch folder first so DuckDB reads it with all threads (needs the "
+            "member's size free); 'auto' extracts when there is room, else streams (INAT_CSV_READ_MODE)."
         ),
     )
-    contact: str = Field(
-        default="",
-        description="INAT_CONTACT: e-mail or URL added to the downloader's User-Agent.",
+
+    @property
+    def read_mode(self) -> Literal["auto", "stream", "extract"]:
+        return self.csv_read_mode  # type: ignore[return-value]
+
+
+class InatDuckDBResource(DuckDBResource, _SettingsFromEnv):
+    """DuckDBResource whose connections come with the memory cap, threads and spill folder applied."""
+
+    _NOT_SETTINGS: ClassVar[frozenset[str]] = frozenset(DuckDBResource.model_fields)
+
+    # An in-memory database: every table lives in Parquet files, DuckDB is only the engine.
+    database: str = Field(default=":memory:", description="DuckDB database; in-memory by default.")
+    store: DataStoreResource = Field(description="The data store, for the default spill folder.")
+    duckdb_memory_limit: str = Field(
+        default=DEFAULT_MEMORY_LIMIT,
+        description="DuckDB's memory_limit; larger work spills to the temp dir (INAT_DUCKDB_MEMORY_LIMIT).",
     )
+    duckdb_threads: int = Field(
+        default=0, ge=0, description="DuckDB worker threads; 0 = one per core (INAT_DUCKDB_THREADS)."
+    )
+    duckdb_temp_dir: str = Field(
+        default="", description="DuckDB spill folder; empty = <data_dir>/tmp/duckdb (INAT_DUCKDB_TEMP_DIR)."
+    )
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        temp_dir = Path(self.duckdb_temp_dir) if self.duckdb_temp_dir else self.store.get().scratch_dir("duckdb")
+        with super().get_connection() as con:
+            configure_duckdb(con, memory_limit=self.duckdb_memory_limit, threads=self.duckdb_threads, temp_dir=temp_dir)
+            yield con
+
+
+class PhotoDownloaderResource(_SettingsFromEnv):
+    """How photos are fetched: allowed hosts, politeness contact, concurrency and an optional mirror."""
+
+    contact: str = Field(default="", description="E-mail or URL added to the User-Agent (INAT_CONTACT).")
     allowed_hosts: str = Field(
         default="",
-        description=(
-            "INAT_ALLOWED_HOSTS: comma-separated hosts the downloader may fetch from; "
-            "empty = the two iNaturalist photo hosts."
-        ),
-    )
-    batch_span: int = Field(
-        default=0,
-        description=(
-            "INAT_BATCH_SPAN: photo ids per image batch; 0 = sized for about 50k photos. Fixed at the "
-            "first fetch_parquet run (kept in <data_dir>/batches.json)."
-        ),
+        description="Comma-separated hosts that may be fetched; empty = the two iNaturalist photo hosts (INAT_ALLOWED_HOSTS).",
     )
     download_concurrency: int = Field(
-        default=64, description="INAT_DOWNLOAD_CONCURRENCY: requests in flight per batch."
+        default=64, ge=1, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
     )
     photo_mirror: str = Field(
         default="",
         description=(
-            "INAT_PHOTO_MIRROR: base URL of a mirror serving the same /photos/<id>/<size>.<ext> paths; "
-            "iNaturalist photo URLs are fetched from it instead (the demo's local server uses this)."
+            "Base URL of a mirror serving the same /photos/<id>/<size>.<ext> paths; iNaturalist photo URLs "
+            "are fetched from it instead (the demo's local server uses this) (INAT_PHOTO_MIRROR)."
         ),
     )
 
-    def store(self) -> DataStore:
-        return DataStore.from_setting(self.data_dir)
+    def download_config(self, *, retries: int, try_other_host: bool, processes: int) -> DownloadConfig:
+        hosts = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
+        if self.photo_mirror:
+            # host:port when the mirror names a port: a bare host would allow only ports 80 and 443.
+            hosts = (*hosts, urlsplit(self.photo_mirror).netloc.rpartition("@")[2])
+        return DownloadConfig(
+            concurrency=self.download_concurrency,
+            allowed_hosts=hosts,
+            contact=self.contact,
+            retries=retries,
+            try_other_host=try_other_host,
+            processes=processes,
+        )
 
-    def configure_duckdb(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Apply the memory, thread and spill settings to a connection from DuckDBResource."""
-        temp_dir = Path(self.duckdb_temp_dir) if self.duckdb_temp_dir else self.store().scratch_dir("duckdb")
-        configure_duckdb(con, memory_limit=self.duckdb_memory_limit, threads=self.duckdb_threads, temp_dir=temp_dir)
+    def route(self, task: PhotoTask) -> PhotoTask:
+        """Point an iNaturalist photo URL at the mirror (same path, mirror's scheme and host)."""
+        parts = urlsplit(task.url)
+        if not self.photo_mirror or parts.hostname not in INAT_PHOTO_HOSTS:
+            return task
+        return PhotoTask(task.photo_id, self.photo_mirror.rstrip("/") + parts.path)
+
+    def routed(self, tasks: Iterable[PhotoTask]) -> Iterator[PhotoTask]:
+        return (self.route(task) for task in tasks)
 
 
-def settings_from_env() -> InatSettings:
-    """InatSettings with an EnvVar for every INAT_* variable that is set in this environment."""
-    kwargs = {
-        field: EnvVar.int(var) if field in _INT_FIELDS else EnvVar(var)
-        for var, field in ENV_SETTINGS.items()
-        if os.environ.get(var)
+SETTINGS_RESOURCES: dict[str, type[_SettingsFromEnv]] = {
+    "store": DataStoreResource,
+    "dwca": DwcaResource,
+    "duckdb": InatDuckDBResource,
+    "downloader": PhotoDownloaderResource,
+}
+
+
+def inat_resources(*, environ: dict[str, str] | None = None, **settings: Any) -> dict[str, ConfigurableResource]:
+    """The four resources, each field from ``settings`` when given, else from its INAT_* variable.
+
+    ``environ={}`` ignores the process environment (tests, the demo). A setting no resource has is
+    an error, so a misspelt name cannot be silently ignored.
+    """
+    unknown = set(settings) - {f for cls in SETTINGS_RESOURCES.values() for f in cls.setting_fields()}
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+
+    def own(cls: type[_SettingsFromEnv]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k in cls.setting_fields()}
+
+    store = DataStoreResource.from_env(environ, **own(DataStoreResource))
+    return {
+        "store": store,
+        "dwca": DwcaResource.from_env(environ, **own(DwcaResource)),
+        "duckdb": InatDuckDBResource.from_env(environ, store=store, **own(InatDuckDBResource)),
+        "downloader": PhotoDownloaderResource.from_env(environ, **own(PhotoDownloaderResource)),
     }
-    return InatSettings(**kwargs)
+

@@ -118,11 +118,32 @@ class DataStore:
     def rejects(self, table: str) -> Path:
         return self.path("rejects", f"{table}.parquet")
 
-    def images_dir(self, batch: str) -> Path:
-        return self.path("images", batch)
+    def batch_state(self) -> Path:
+        """The image batch span, one for the whole data directory (so photo folders are shared)."""
+        return self.path("batches.json")
 
-    def manifest(self, batch: str) -> Path:
-        return self.path("manifests", f"{batch}.parquet")
+    def photos_root(self) -> Path:
+        return self.path("photos")
+
+    def photos_dir(self, size: str, batch: str) -> Path:
+        """``photos/<size>/<batch>/``: each photo stored once per size, whichever datasets select it."""
+        return self.path("photos", size, batch)
+
+    def photos_lock(self, size: str, batch: str) -> Path:
+        """Held while a run writes to (or deletes from) ``photos/<size>/<batch>/``."""
+        return self.scratch_dir("locks") / f"photos-{size}-{batch}.lock"
+
+    def dataset_dir(self, dataset: str) -> Path:
+        return self.path("datasets", dataset)
+
+    def fetch_list(self, dataset: str) -> Path:
+        return self.path("datasets", dataset, "fetch.parquet")
+
+    def manifests_dir(self, dataset: str) -> Path:
+        return self.path("datasets", dataset, "manifests")
+
+    def manifest(self, dataset: str, batch: str) -> Path:
+        return self.path("datasets", dataset, "manifests", f"{batch}.parquet")
 
     def scratch_dir(self, *parts: str) -> Path:
         """Working space (FIFOs, DuckDB spill files, extracted members); safe to delete when idle."""

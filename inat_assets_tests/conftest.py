@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
-from dagster import ExecuteInProcessResult, materialize
-from dagster_duckdb import DuckDBResource
+from dagster import (
+    AssetChecksDefinition,
+    AssetsDefinition,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    RetryPolicy,
+    materialize,
+)
 
 from inat_assets import definitions
-from inat_assets.resources import InatSettings
+from inat_assets.components import InatDataset, dataset_definitions
+from inat_assets.resources import inat_resources
 from inat_assets.testing.sample import (
     SampleArchiveInfo,
     SampleSpec,
@@ -25,12 +33,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REAL_OBSERVATIONS = FIXTURES / "real_observations_2022.csv"
 
 TABLE_ASSETS = [definitions.dwca_archive, definitions.observations_parquet, definitions.media_parquet]
-ALL_CHECKS = [
-    definitions.observations_reject_share,
-    definitions.media_reject_share,
-    definitions.unique_observation_ids,
-    definitions.unique_photo_ids_with_http_urls,
-]
+TABLE_CHECKS = [definitions.observations_reject_share, definitions.media_reject_share, definitions.unique_observation_ids]
+# The test datasets keep the seed's default when a test gives no kingdom.
+DEFAULT_FILTERS: dict[str, Any] = {"kingdom": ["Plantae"]}
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +54,32 @@ def real_archive(tmp_path_factory: pytest.TempPathFactory) -> SampleArchiveInfo:
     return archive_from_observations_csv(REAL_OBSERVATIONS, tmp_path_factory.mktemp("real") / "dwca.zip", seed=1)
 
 
-def settings_for(archive: Path | str, data_dir: Path, **overrides: Any) -> InatSettings:
-    return InatSettings(data_dir=str(data_dir), dwca_source=str(archive), **overrides)
+def settings_for(archive: Path | str, data_dir: Path, **settings: Any) -> dict[str, Any]:
+    """The four resources for a test: nothing from the environment, only what is given here."""
+    return inat_resources(environ={}, data_dir=str(data_dir), dwca_source=str(archive), **settings)
+
+
+def dataset(name: str = "plants", **declaration: Any) -> InatDataset:
+    return InatDataset(name=name, **{**DEFAULT_FILTERS, **declaration})
+
+
+@dataclass(frozen=True)
+class DatasetAssets:
+    fetch_parquet: AssetsDefinition
+    image_batches: AssetsDefinition
+    check: AssetChecksDefinition
+    partitions: str
+
+
+def dataset_assets(declared: InatDataset, retry_policy: RetryPolicy | None = None) -> DatasetAssets:
+    built = dataset_definitions(declared, retry_policy)
+    fetch, images = sorted(built.assets or [], key=lambda a: a.key.path[-1] != "fetch_parquet")  # type: ignore[union-attr]
+    (check,) = built.asset_checks or []
+    return DatasetAssets(fetch, images, check, f"{declared.name}_image_batches")  # type: ignore[arg-type]
+
+
+def fetch_path(data_dir: Path, name: str = "plants") -> Path:
+    return data_dir / "datasets" / name / "fetch.parquet"
 
 
 def run_graph(
@@ -60,17 +89,20 @@ def run_graph(
     fetch_config: Mapping[str, Any] | None = None,
     with_fetch: bool = True,
     raise_on_error: bool = True,
+    name: str = "plants",
+    instance: DagsterInstance | None = None,
     **settings: Any,
 ) -> ExecuteInProcessResult:
-    """Materialize archive -> tables (-> fetch list) with every asset check, in process."""
-    assets = [*TABLE_ASSETS, definitions.fetch_parquet] if with_fetch else TABLE_ASSETS
-    checks = ALL_CHECKS if with_fetch else ALL_CHECKS[:3]
-    run_config = {"ops": {"fetch_parquet": {"config": dict(fetch_config)}}} if fetch_config and with_fetch else None
+    """Materialize archive -> tables (-> the dataset's fetch list) with every asset check, in process."""
+    selected: list[Any] = [*TABLE_ASSETS, *TABLE_CHECKS]
+    if with_fetch:
+        built = dataset_assets(dataset(name, **dict(fetch_config or {})))
+        selected += [built.fetch_parquet, built.check]
     return materialize(
-        [*assets, *checks],
-        resources={"settings": settings_for(archive, data_dir, **settings), "duckdb": DuckDBResource(database=":memory:")},
-        run_config=run_config,
+        selected,
+        resources=settings_for(archive, data_dir, **settings),
         raise_on_error=raise_on_error,
+        instance=instance,
     )
 
 

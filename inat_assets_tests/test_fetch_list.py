@@ -8,9 +8,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from inat_assets.assets.fetch_list import FETCH_LIST_SCHEMA
 from inat_assets.dwca.fetch_list import FetchListError, normalize_licenses, validate_where
 from inat_assets.testing.sample import SampleArchiveInfo
-from inat_assets_tests.conftest import checks, metadata, query, run_graph
+from inat_assets_tests.conftest import checks, fetch_path, metadata, query, run_graph
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +23,27 @@ def tables_48(sample_48: SampleArchiveInfo, tmp_path_factory: pytest.TempPathFac
 
 def _fetch(sample: SampleArchiveInfo, data: Path, **config: object) -> dict:
     result = run_graph(sample.path, data, fetch_config=config)
-    return {"meta": metadata(result, "fetch_parquet"), "checks": checks(result)}
+    return {"meta": metadata(result, "plants/fetch_parquet"), "checks": checks(result)}
 
 
 def test_default_fetch_list_is_plantae_still_images(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
     out = _fetch(sample_48, tmp_path)
     meta = out["meta"]
-    assert meta["rows"] == sample_48.photos_by_kingdom["Plantae"] > 0
+    assert meta["dagster/row_count"] == sample_48.photos_by_kingdom["Plantae"] > 0
     assert meta["orphan_media"] == sample_48.orphan_media > 0
     assert meta["sounds_and_other_media"] == sample_48.sounds > 0
     assert "| family | photos |" in meta["top_families"] and "| license | photos |" in meta["licenses"]
-    assert out["checks"][("fetch_parquet", "unique_photo_ids_with_http_urls")] is True
-    fetch = f"'{tmp_path}/fetch.parquet'"
+    assert out["checks"][("plants/fetch_parquet", "unique_photo_ids_with_http_urls")] is True
+    fetch = f"'{fetch_path(tmp_path)}'"
     columns = [r[0] for r in query(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {fetch})")]
     for column in ("photo_id", "observation_id", "url", "format", "license", "rights_holder", "creator",
                    "scientific_name", "taxon_id", "taxon_rank", "kingdom", "phylum", "class", "order",
                    "family", "genus", "country_code", "event_date"):  # fmt: skip
         assert column in columns
+    # The schema shown in the UI (dagster/column_schema) is the file's, name for name and type for type.
+    described = query(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {fetch})")
+    assert described == [(c.name, c.type) for c in FETCH_LIST_SCHEMA.columns]
+    assert meta["dagster/column_schema"] == FETCH_LIST_SCHEMA and "rows" not in meta
     ids = [r[0] for r in query(f"SELECT photo_id FROM {fetch}")]
     assert ids == sorted(ids) and len(ids) == len(set(ids))
     assert query(f"SELECT DISTINCT kingdom FROM {fetch}") == [("Plantae",)]
@@ -53,7 +58,7 @@ def test_default_fetch_list_is_plantae_still_images(sample_48: SampleArchiveInfo
 
 def test_all_kingdoms_and_the_real_rows(real_archive: SampleArchiveInfo, tmp_path: Path) -> None:
     meta = _fetch(real_archive, tmp_path, kingdom=[])["meta"]
-    assert meta["rows"] == sum(real_archive.photos_by_kingdom.values())
+    assert meta["dagster/row_count"] == sum(real_archive.photos_by_kingdom.values())
     assert meta["observations"] == 50
 
 
@@ -66,10 +71,10 @@ def test_filters_combine(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
         photo_size="medium",
     )["meta"]
     expected = sample_48.photos_by_license.get("CC-BY", 0) + sample_48.photos_by_license.get("CC0", 0)
-    assert meta["rows"] == expected > 0
-    urls = [r[0] for r in query(f"SELECT url FROM '{tmp_path}/fetch.parquet'")]
+    assert meta["dagster/row_count"] == expected > 0
+    urls = [r[0] for r in query(f"SELECT url FROM '{fetch_path(tmp_path)}'")]
     assert all("/medium." in u and "/original." not in u for u in urls)
-    assert {r[0] for r in query(f"SELECT DISTINCT license FROM '{tmp_path}/fetch.parquet'")} == {"CC-BY", "CC0"}
+    assert {r[0] for r in query(f"SELECT DISTINCT license FROM '{fetch_path(tmp_path)}'")} == {"CC-BY", "CC0"}
 
 
 def test_rank_country_captive_date_and_where_filters(sample_48: SampleArchiveInfo, tables_48: Path, tmp_path: Path) -> None:
@@ -77,19 +82,19 @@ def test_rank_country_captive_date_and_where_filters(sample_48: SampleArchiveInf
     base = f"FROM {media} m JOIN {obs} o ON o.id = m.id WHERE m.type = 'StillImage'"
     family = query(f"SELECT o.family, count(*) {base} AND o.kingdom = 'Plantae' GROUP BY ALL ORDER BY 2 DESC LIMIT 1")[0]
     meta = _fetch(sample_48, tmp_path / "a", family=[family[0]])["meta"]
-    assert meta["rows"] == family[1]
+    assert meta["dagster/row_count"] == family[1]
     wild = query(f"SELECT count(*) {base} AND o.kingdom = 'Plantae' AND o.captive = 'wild'")[0][0]
-    assert _fetch(sample_48, tmp_path / "b", captive="wild")["meta"]["rows"] == wild
+    assert _fetch(sample_48, tmp_path / "b", captive="wild")["meta"]["dagster/row_count"] == wild
     dated = query(
         f"SELECT count(*) {base} AND o.kingdom = 'Plantae' AND left(o.eventDate, 10) BETWEEN '2020-01-01' AND '2022-12-31'"
     )[0][0]
     meta = _fetch(sample_48, tmp_path / "c", event_date_from="2020-01-01", event_date_to="2022-12-31")["meta"]
-    assert meta["rows"] == dated
+    assert meta["dagster/row_count"] == dated
     namibia = query(f"SELECT count(*) {base} AND o.countryCode = 'NA'")[0][0]
-    assert _fetch(sample_48, tmp_path / "d", kingdom=[], country_code=["NA"])["meta"]["rows"] == namibia > 0
+    assert _fetch(sample_48, tmp_path / "d", kingdom=[], country_code=["NA"])["meta"]["dagster/row_count"] == namibia > 0
     precise = query(f"SELECT count(*) {base} AND o.kingdom = 'Plantae' AND o.coordinateUncertaintyInMeters < 100")[0][0]
     meta = _fetch(sample_48, tmp_path / "e", where="o.coordinateUncertaintyInMeters < 100")["meta"]
-    assert meta["rows"] == precise
+    assert meta["dagster/row_count"] == precise
 
 
 @pytest.mark.parametrize(
@@ -114,8 +119,8 @@ def test_where_cannot_escape_its_parentheses(sample_48: SampleArchiveInfo, tmp_p
     """`1) OR (true` parses as one expression; pasted back as parsed, the kingdom filter still holds."""
     assert validate_where("1) OR (true") == "(1 OR true)"
     meta = _fetch(sample_48, tmp_path, where="1) OR (true")["meta"]
-    assert meta["rows"] == sample_48.photos_by_kingdom["Plantae"]
-    assert query(f"SELECT DISTINCT kingdom FROM '{tmp_path}/fetch.parquet'") == [("Plantae",)]
+    assert meta["dagster/row_count"] == sample_48.photos_by_kingdom["Plantae"]
+    assert query(f"SELECT DISTINCT kingdom FROM '{fetch_path(tmp_path)}'") == [("Plantae",)]
 
 
 def test_where_with_unknown_column_fails_clearly(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:
@@ -152,8 +157,8 @@ def test_a_photo_listed_twice_is_fetched_once(real_archive: SampleArchiveInfo, t
         for name, data in members.items():
             zf.writestr(name, data)
     result = run_graph(archive, tmp_path / "data", fetch_config={"kingdom": []})
-    meta = metadata(result, "fetch_parquet")
-    assert meta["rows"] == sum(real_archive.photos_by_kingdom.values())
+    meta = metadata(result, "plants/fetch_parquet")
+    assert meta["dagster/row_count"] == sum(real_archive.photos_by_kingdom.values())
     assert meta["duplicate_photo_ids"] == 1
-    rows = query(f"SELECT observation_id FROM '{tmp_path}/data/fetch.parquet' WHERE photo_id = ?", int(photo_id))
+    rows = query(f"SELECT observation_id FROM '{fetch_path(tmp_path / 'data')}' WHERE photo_id = ?", int(photo_id))
     assert rows == [(min(observation_id, other),)]

@@ -11,14 +11,23 @@ from urllib.parse import urlsplit
 import duckdb
 import pytest
 from dagster import DagsterInstance, RetryPolicy, materialize
-from dagster_duckdb import DuckDBResource
 
-from inat_assets import definitions
-from inat_assets.assets.images import build_image_batches, image_batches
 from inat_assets.batches import BatchError, batch_range, nice_span, plan_batches
 from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
 from inat_assets.testing.sample import SampleArchiveInfo
-from inat_assets_tests.conftest import ALL_CHECKS, TABLE_ASSETS, metadata, query, settings_for
+from inat_assets_tests.conftest import (
+    TABLE_ASSETS,
+    TABLE_CHECKS,
+    DatasetAssets,
+    dataset,
+    dataset_assets,
+    fetch_path,
+    metadata,
+    query,
+    settings_for,
+)
+
+PLANTS = dataset_assets(dataset("plants"))
 
 
 @pytest.fixture
@@ -28,20 +37,21 @@ def mirror():
 
 
 def _resources(sample: SampleArchiveInfo, data: Path, mirror: MirrorServer, **extra: object) -> dict:
-    settings = settings_for(
-        sample.path, data, photo_mirror=mirror.base_url(), allowed_hosts="127.0.0.1", **extra
+    return settings_for(sample.path, data, photo_mirror=mirror.base_url(), allowed_hosts="127.0.0.1", **extra)
+
+
+def _materialize_fetch(resources: dict, instance: DagsterInstance, built: DatasetAssets = PLANTS) -> dict:
+    result = materialize(
+        [*TABLE_ASSETS, *TABLE_CHECKS, built.fetch_parquet, built.check], resources=resources, instance=instance
     )
-    return {"settings": settings, "duckdb": DuckDBResource(database=":memory:")}
+    return metadata(result, built.fetch_parquet.key.to_user_string())
 
 
-def _materialize_fetch(resources: dict, instance: DagsterInstance) -> dict:
-    result = materialize([*TABLE_ASSETS, definitions.fetch_parquet, *ALL_CHECKS], resources=resources, instance=instance)
-    return metadata(result, "fetch_parquet")
-
-
-def _photos(data: Path, key: str, span: int) -> list[tuple[int, str]]:
+def _photos(data: Path, key: str, span: int, name: str = "plants") -> list[tuple[int, str]]:
     lo, hi = batch_range(key, span)
-    return query(f"SELECT photo_id, url FROM '{data}/fetch.parquet' WHERE photo_id >= ? AND photo_id < ? ORDER BY 1", lo, hi)
+    return query(
+        f"SELECT photo_id, url FROM '{fetch_path(data, name)}' WHERE photo_id >= ? AND photo_id < ? ORDER BY 1", lo, hi
+    )
 
 
 def test_batches_are_registered_downloaded_and_resumed(
@@ -51,38 +61,43 @@ def test_batches_are_registered_downloaded_and_resumed(
     resources = _resources(sample_48, data, mirror, batch_span=2_000)
     instance = DagsterInstance.ephemeral()
     fetch = _materialize_fetch(resources, instance)
-    keys = instance.get_dynamic_partitions("image_batches")
-    expected = sorted({f"batch-{pid // 2_000:06d}" for (pid,) in query(f"SELECT photo_id FROM '{data}/fetch.parquet'")})
+    keys = instance.get_dynamic_partitions(PLANTS.partitions)
+    expected = sorted({f"batch-{pid // 2_000:06d}" for (pid,) in query(f"SELECT photo_id FROM '{fetch_path(data)}'")})
     assert keys == expected and fetch["batches"] == len(keys) and fetch["batch_span"] == 2_000
 
     key = keys[0]
     photos = _photos(data, key, 2_000)
-    result = materialize([image_batches], partition_key=key, resources=resources, instance=instance)
-    meta = metadata(result, "image_batches")
-    assert meta["photos"] == meta["ok"] == len(photos) > 0 and meta["failed_permanent"] == 0
-    manifest = query(f"SELECT photo_id, status, path, bytes, sha256 FROM '{data}/manifests/{key}.parquet' ORDER BY 1")
+    result = materialize([PLANTS.image_batches], partition_key=key, resources=resources, instance=instance)
+    meta = metadata(result, "plants/image_batches")
+    assert meta["dagster/row_count"] == meta["ok"] == len(photos) > 0 and meta["failed_permanent"] == 0
+    manifest = query(
+        f"SELECT photo_id, status, path, bytes, sha256 FROM '{data}/datasets/plants/manifests/{key}.parquet' ORDER BY 1"
+    )
     assert [r[0] for r in manifest] == [p for p, _ in photos]
     for (photo_id, url), (_, status, path, size, _sha) in zip(photos, manifest, strict=True):
         parts = urlsplit(url).path.split("/")  # /photos/<id>/<size>.<ext>
         size_name, ext = parts[-1].split(".")
-        assert status == "ok" and Path(path).parent == data / "images" / key
+        assert status == "ok" and Path(path).parent == data / "photos" / "original" / key
         assert Path(path).read_bytes() == served_bytes(photo_id, size_name, ext) and size == Path(path).stat().st_size
-    assert not list((data / "images" / key).glob(".*"))  # no temporary files left
+    assert not list((data / "photos" / "original" / key).glob(".*"))  # no temporary files left
 
     # The same batch with two worker processes, after losing some files: only those are fetched.
     for photo_id, _ in photos[:5]:
-        next((data / "images" / key).glob(f"{photo_id}.*")).unlink()
+        next((data / "photos" / "original" / key).glob(f"{photo_id}.*")).unlink()
     two = metadata(
         materialize(
-            [image_batches], partition_key=key, resources=resources, instance=instance,
-            run_config={"ops": {"image_batches": {"config": {"processes": 2}}}},
+            [PLANTS.image_batches], partition_key=key, resources=resources, instance=instance,
+            run_config={"ops": {"plants__image_batches": {"config": {"processes": 2}}}},
         ),
-        "image_batches",
+        "plants/image_batches",
     )  # fmt: skip
     assert two["ok"] == 5 and two["already_on_disk"] == len(photos) - 5
 
     hits = mirror.total_hits
-    again = metadata(materialize([image_batches], partition_key=key, resources=resources, instance=instance), "image_batches")
+    again = metadata(
+        materialize([PLANTS.image_batches], partition_key=key, resources=resources, instance=instance),
+        "plants/image_batches",
+    )
     assert again["already_on_disk"] == len(photos) and again["ok"] == 0
     assert mirror.total_hits == hits  # a rerun touches the network for nothing already on disk
 
@@ -99,32 +114,32 @@ def test_a_failing_batch_is_retried_by_dagster_and_refetches_only_what_is_missin
     resources = _resources(sample_48, data, mirror, batch_span=1_000_000_000)
     instance = DagsterInstance.ephemeral()
     _materialize_fetch(resources, instance)
-    (key,) = instance.get_dynamic_partitions("image_batches")
+    (key,) = instance.get_dynamic_partitions(PLANTS.partitions)
     photos = _photos(data, key, 1_000_000_000)
     flaky, gone = photos[0][0], photos[1][0]
     # With 1 engine retry, `flaky` fails both tries of the first attempt (-> Dagster retries the batch).
     mirror.set_faults({flaky: ["503", "503", "ok"], gone: ["404"]})
-    fast_retry = build_image_batches(RetryPolicy(max_retries=2, delay=0.1))
+    fast_retry = dataset_assets(dataset("plants"), RetryPolicy(max_retries=2, delay=0.1)).image_batches
     result = materialize(
         [fast_retry],
         partition_key=key,
         resources=resources,
         instance=instance,
-        run_config={"ops": {"image_batches": {"config": {"retries": 1, "try_other_host": False, "max_transient_share": 0.0}}}},
+        run_config={"ops": {"plants__image_batches": {"config": {"retries": 1, "try_other_host": False, "max_transient_share": 0.0}}}},
     )
     assert result.success
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 1
-    meta = metadata(result, "image_batches")
+    meta = metadata(result, "plants/image_batches")
     assert meta["ok"] == 1 and meta["failed_permanent"] == 1 and meta["failed_transient"] == 0
     assert meta["already_on_disk"] == len(photos) - 2
-    status = dict(query(f"SELECT photo_id, status FROM '{data}/manifests/{key}.parquet'"))
+    status = dict(query(f"SELECT photo_id, status FROM '{data}/datasets/plants/manifests/{key}.parquet'"))
     assert status[flaky] == "ok" and status[gone] == "failed_permanent"
     # A rerun asks again for every photo that is not ok (a 404 may have been a passing state), once.
     for photo_id, url in photos:
         expected_hits = {flaky: 3, gone: 2}.get(photo_id, 1)
         assert mirror.hits(urlsplit(url).path) == expected_hits, photo_id
-    assert not (data / "images" / key / f"{gone}.jpg").exists()
+    assert not (data / "photos" / "original" / key / f"{gone}.jpg").exists()
 
 
 def test_nice_span_targets_about_fifty_thousand_photos() -> None:
@@ -135,17 +150,23 @@ def test_nice_span_targets_about_fifty_thousand_photos() -> None:
         batch_range("not-a-batch", 10)
 
 
-def test_demo_command_runs_offline(tmp_path: Path) -> None:
+def test_demo_command_materializes_both_shipped_datasets_offline(tmp_path: Path) -> None:
     env = {**os.environ, "INAT_DATA_DIR": str(tmp_path / "demo")}
     command = [str(Path(sys.executable).with_name("inat-assets")), "demo"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "fetch.parquet" in first.stdout and "images: ok" in first.stdout
-    photos = query(f"SELECT count(*) FROM '{tmp_path}/demo/fetch.parquet'")[0][0]
-    files = [p for p in (tmp_path / "demo" / "images").rglob("*") if p.is_file()]
-    assert len(files) == photos - 1  # one photo 404s on purpose
+    assert "dataset plants: fetch.parquet" in first.stdout and "dataset fungi_open: fetch.parquet" in first.stdout
+    data = tmp_path / "demo"
+    plants = query(f"SELECT count(*) FROM '{fetch_path(data, 'plants')}'")[0][0]
+    fungi = query(f"SELECT count(*) FROM '{fetch_path(data, 'fungi_open')}'")[0][0]
+    assert plants > 0 and fungi > 0
+    assert query(f"SELECT DISTINCT kingdom FROM '{fetch_path(data, 'fungi_open')}'") == [("Fungi",)]
+    originals = [p for p in (data / "photos" / "original").rglob("*") if p.is_file()]
+    mediums = [p for p in (data / "photos" / "medium").rglob("*") if p.is_file()]
+    assert len(originals) == plants - 1  # one plant photo 404s on purpose
+    assert len(mediums) == fungi
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "images: cached" in again.stdout
+    assert again.returncode == 0 and "images: cached" in again.stdout and "images: ok" not in again.stdout
 
 
 def test_an_empty_first_fetch_list_does_not_fix_the_span(tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def test_absurd_reject_share_under_a_lower_hard_limit_fails(tmp_path: Path) -> N
 
     strict = materialize(
         [definitions.dwca_archive, definitions.observations_parquet],
-        resources={"settings": settings_for(archive, tmp_path / "strict"), "duckdb": __import__("dagster_duckdb").DuckDBResource(database=":memory:")},
+        resources=settings_for(archive, tmp_path / "strict"),
         run_config={"ops": {"observations_parquet": {"config": {"fail_reject_share": 0.05}}}},
         raise_on_error=False,
     )

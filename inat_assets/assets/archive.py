@@ -4,14 +4,14 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from inat_assets.dwca.archive import ArchiveInfo, inspect_archive
 from inat_assets.dwca.source import archive_location, last_modified_iso, resolve_archive
-from inat_assets.resources import InatSettings
+from inat_assets.resources import DataStoreResource, DwcaResource
 
 ARCHIVE_GROUP = "archive"
 
 
-def locate_archive(settings: InatSettings) -> ArchiveInfo:
+def locate_archive(dwca: DwcaResource, store: DataStoreResource) -> ArchiveInfo:
     """The archive that `dwca_archive` materialized, inspected again (reads only the zip directory and headers)."""
-    return inspect_archive(archive_location(settings.dwca_source, settings.store().archive_dir()))
+    return inspect_archive(archive_location(dwca.dwca_source, store.get().archive_dir()))
 
 
 @asset(
@@ -23,8 +23,8 @@ def locate_archive(settings: InatSettings) -> ArchiveInfo:
         "Validated as a zip; meta.xml and the CSV headers give the members and their columns."
     ),
 )
-def dwca_archive(context: AssetExecutionContext, settings: InatSettings) -> MaterializeResult:
-    source = resolve_archive(settings.dwca_source, settings.store().archive_dir(), log=context.log.info)
+def dwca_archive(context: AssetExecutionContext, dwca: DwcaResource, store: DataStoreResource) -> MaterializeResult:
+    source = resolve_archive(dwca.dwca_source, store.get().archive_dir(), log=context.log.info)
     info = inspect_archive(source.path)
     for warning in info.warnings:
         context.log.warning(warning)

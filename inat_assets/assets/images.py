@@ -1,9 +1,16 @@
-"""Stage 4: the photos themselves, one Dagster partition per photo-id range of fetch.parquet."""
+"""Stage 4, per declared dataset: its photos, one Dagster partition per photo-id range of its fetch list.
 
-from urllib.parse import urlsplit
+Photos are stored once per photo and size, in ``photos/<size>/<batch>/<photo_id>.<ext>``, whichever
+datasets select them: a dataset whose batch folder already holds a photo records it as ``cached``
+without a request. Each dataset has its own manifests (``datasets/<name>/manifests/<batch>.parquet``),
+listing exactly the photos its fetch list has in that batch.
+"""
+
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
     Backoff,
     Config,
@@ -14,60 +21,41 @@ from dagster import (
     RetryPolicy,
     asset,
 )
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from inat_assets.assets.fetch_list import fetch_parquet
 from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.batches import batch_range, count_batch, iter_batch_tasks, load_span
-from inat_assets.download import DownloadConfig, DownloadSummary, PhotoTask, Progress, run_download
-from inat_assets.download.config import INAT_PHOTO_HOSTS
-from inat_assets.resources import InatSettings
+from inat_assets.download import DownloadSummary, Progress, run_download
+from inat_assets.locks import LockedError, acquire
+from inat_assets.resources import DataStoreResource, InatDuckDBResource, PhotoDownloaderResource
+from inat_assets.storage import DataStore
 
-IMAGES_GROUP = "images"
+if TYPE_CHECKING:
+    from inat_assets.components.dataset import InatDataset
 
 
 class ImageBatchConfig(Config):
     max_transient_share: float = Field(
         default=0.02,
+        ge=0.0,
+        le=1.0,
         description=(
             "Fail the batch (so Dagster retries it) when more than this share of its photos failed "
             "transiently (timeouts, 429/5xx, resets) after the engine's own retries."
         ),
     )
-    retries: int = Field(default=5, description="Engine retries per photo for transient failures.")
+    retries: int = Field(default=5, ge=0, le=20, description="Engine retries per photo for transient failures.")
     try_other_host: bool = Field(default=True, description="On 403/404 try the other iNaturalist photo host once.")
-    progress_seconds: float = Field(default=15.0, description="Seconds between progress lines in the run log.")
+    progress_seconds: float = Field(default=15.0, gt=0, description="Seconds between progress lines in the run log.")
     processes: int = Field(
         default=1,
+        ge=1,
+        le=64,
         description=(
             "Worker processes for this batch's downloads. 2 was 1.5x faster on 2 cores at 50 ms latency "
             "(bench/download.py); each process gets 1/N of the per-host budgets."
         ),
     )
-
-
-def download_config(settings: InatSettings, config: ImageBatchConfig) -> DownloadConfig:
-    hosts = tuple(h.strip() for h in settings.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
-    if settings.photo_mirror:
-        # host:port when the mirror names a port: a bare host would allow only ports 80 and 443.
-        hosts = (*hosts, urlsplit(settings.photo_mirror).netloc.rpartition("@")[2])
-    return DownloadConfig(
-        concurrency=settings.download_concurrency,
-        allowed_hosts=hosts,
-        contact=settings.contact,
-        retries=config.retries,
-        try_other_host=config.try_other_host,
-        processes=config.processes,
-    )
-
-
-def via_mirror(task: PhotoTask, mirror: str) -> PhotoTask:
-    """Point an iNaturalist photo URL at INAT_PHOTO_MIRROR (same path, mirror's scheme and host)."""
-    parts = urlsplit(task.url)
-    if not mirror or parts.hostname not in INAT_PHOTO_HOSTS:
-        return task
-    return PhotoTask(task.photo_id, mirror.rstrip("/") + parts.path)
 
 
 def _log_progress(context: AssetExecutionContext, key: str):
@@ -83,14 +71,15 @@ def _log_progress(context: AssetExecutionContext, key: str):
     return log
 
 
-def batch_metadata(key: str, span: int, summary: DownloadSummary, settings: InatSettings) -> dict[str, object]:
-    store = settings.store()
+def batch_metadata(
+    dataset: str, size: str, key: str, span: int, summary: DownloadSummary, store: DataStore
+) -> dict[str, object]:
     lo, hi = batch_range(key, span)
     errors = "\n".join(f"| {reason} | {count:,} |" for reason, count in summary.top_errors) or "| none | 0 |"
     return {
         "batch": key,
         "photo_id_range": f"[{lo:,}, {hi:,})",
-        "photos": summary.total,
+        "dagster/row_count": summary.total,
         "ok": summary.ok,
         "already_on_disk": summary.cached,
         "failed_permanent": summary.permanent_failed,
@@ -99,8 +88,8 @@ def batch_metadata(key: str, span: int, summary: DownloadSummary, settings: Inat
         "seconds": round(summary.seconds, 2),
         "images_per_second": round(summary.images_per_second, 1),
         "top_errors": MetadataValue.md(f"| error | photos |\n|---|---|\n{errors}"),
-        "images_dir": MetadataValue.path(str(store.images_dir(key))),
-        "manifest": MetadataValue.path(str(store.manifest(key))),
+        "images_dir": MetadataValue.path(str(store.photos_dir(size, key))),
+        "manifest": MetadataValue.path(str(store.manifest(dataset, key))),
     }
 
 
@@ -108,57 +97,81 @@ def batch_metadata(key: str, span: int, summary: DownloadSummary, settings: Inat
 BATCH_RETRY_POLICY = RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 
-def build_image_batches(retry_policy: RetryPolicy = BATCH_RETRY_POLICY) -> AssetsDefinition:
-    """The partitioned image asset (a factory so tests can shorten the retry delay)."""
+def build_image_batches(
+    dataset: "InatDataset", fetch_parquet: AssetsDefinition, retry_policy: RetryPolicy = BATCH_RETRY_POLICY
+) -> AssetsDefinition:
+    """``<name>/image_batches``, partitioned by ``<name>_image_batches``."""
+    name, size = dataset.name, dataset.photo_size.value
 
+    # Descriptions are rendered as HTML in the UI: no angle brackets (a <batch> would vanish).
     @asset(
-        name="image_batches",
+        key=AssetKey([name, "image_batches"]),
         deps=[fetch_parquet],
-        partitions_def=image_batch_partitions,
-        group_name=IMAGES_GROUP,
+        partitions_def=image_batch_partitions(name),
+        group_name=name,
         kinds={"python", "parquet"},
+        code_version=dataset.selection_version(),
         # Downloads of all batches share one pool, so a backfill cannot multiply the per-host budgets.
         pool="inat_downloads",
         retry_policy=retry_policy,
+        metadata={"dataset": name, "photo_size": size},
         description=(
-            "The photos of one photo-id range of fetch.parquet, downloaded to INAT_DATA_DIR/images/<batch>/"
-            "<photo_id>.<ext> with a manifest at INAT_DATA_DIR/manifests/<batch>.parquet. Reruns fetch only "
-            "what is missing; permanent failures (404, not an image, ...) are recorded, not retried."
+            f"The photos of one photo-id range (a batch) of the {name} fetch list, at size {size}, stored once "
+            f"for all datasets under INAT_DATA_DIR/photos/{size}/BATCH/PHOTO_ID.EXT, with this dataset's "
+            f"manifest at INAT_DATA_DIR/datasets/{name}/manifests/BATCH.parquet. Reruns fetch only what is "
+            "missing; permanent failures (404, not an image, ...) are recorded, not retried."
         ),
     )
     def image_batches(
-        context: AssetExecutionContext, config: ImageBatchConfig, settings: InatSettings, duckdb: DuckDBResource
+        context: AssetExecutionContext,
+        config: ImageBatchConfig,
+        store: DataStoreResource,
+        duckdb: InatDuckDBResource,
+        downloader: PhotoDownloaderResource,
     ) -> MaterializeResult:
-        return download_batch(context, config, settings, duckdb)
+        return download_batch(context, config, dataset, store.get(), duckdb, downloader)
 
     return image_batches
 
 
 def download_batch(
-    context: AssetExecutionContext, config: ImageBatchConfig, settings: InatSettings, duckdb: DuckDBResource
+    context: AssetExecutionContext,
+    config: ImageBatchConfig,
+    dataset: "InatDataset",
+    store: DataStore,
+    duckdb: InatDuckDBResource,
+    downloader: PhotoDownloaderResource,
 ) -> MaterializeResult:
-    key = context.partition_key
-    store = settings.store()
-    span = load_span(store.path("batches.json"))
+    key, name, size = context.partition_key, dataset.name, dataset.photo_size.value
+    span = load_span(store.batch_state())
     if span is None:
-        raise Failure(f"{store.path('batches.json')} is missing: materialize fetch_parquet first.", allow_retries=False)
-    fetch_list = store.path("fetch.parquet")
-    with duckdb.get_connection() as con:
-        total = count_batch(con, fetch_list, key, span)
-        lo, hi = batch_range(key, span)
-        context.log.info(f"{key}: {total:,} photos with ids in [{lo:,}, {hi:,})")
-        tasks = (via_mirror(t, settings.photo_mirror) for t in iter_batch_tasks(con, fetch_list, key, span))
-        summary = run_download(
-            tasks,
-            dest_dir=store.images_dir(key),
-            manifest_path=store.manifest(key),
-            config=download_config(settings, config),
-            previous_manifest=store.manifest(key),
-            on_progress=_log_progress(context, key),
-            progress_interval=config.progress_seconds,
-            total=total,
-        )
-    metadata = batch_metadata(key, span, summary, settings)
+        raise Failure(f"{store.batch_state()} is missing: materialize {name}/fetch_parquet first.", allow_retries=False)
+    fetch_list, folder = store.fetch_list(name), store.photos_dir(size, key)
+    # Two datasets downloading the same photo folder at once would delete each other's partial files.
+    try:
+        folder_lock = acquire(store.photos_lock(size, key), purpose=f"{name} downloading {key}")
+    except LockedError as exc:
+        raise Failure(f"{key}: {exc}; Dagster retries this batch later.", allow_retries=True) from exc
+    try:
+        with duckdb.get_connection() as con:
+            total = count_batch(con, fetch_list, key, span)
+            lo, hi = batch_range(key, span)
+            context.log.info(f"{name} {key}: {total:,} photos with ids in [{lo:,}, {hi:,}), size {size}")
+            summary = run_download(
+                downloader.routed(iter_batch_tasks(con, fetch_list, key, span)),
+                dest_dir=folder,
+                manifest_path=store.manifest(name, key),
+                config=downloader.download_config(
+                    retries=config.retries, try_other_host=config.try_other_host, processes=config.processes
+                ),
+                previous_manifest=store.manifest(name, key),
+                on_progress=_log_progress(context, key),
+                progress_interval=config.progress_seconds,
+                total=total,
+            )
+    finally:
+        folder_lock.release()
+    metadata = batch_metadata(name, size, key, span, summary, store)
     share = summary.transient_failed / summary.total if summary.total else 0.0
     if share > config.max_transient_share:
         raise Failure(
@@ -168,6 +181,3 @@ def download_batch(
             allow_retries=True,
         )
     return MaterializeResult(metadata=metadata)
-
-
-image_batches = build_image_batches()

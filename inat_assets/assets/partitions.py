@@ -1,6 +1,8 @@
-"""Partitions shared between stages: fetch_parquet registers the image batches that image_batches downloads."""
+"""Image batch partitions: each dataset's fetch_parquet registers the keys its image_batches download."""
 
 from dagster import DynamicPartitionsDefinition
 
-# Keys are batch-NNNNNN photo-id ranges (see inat_assets.batches).
-image_batch_partitions = DynamicPartitionsDefinition(name="image_batches")
+
+def image_batch_partitions(dataset: str) -> DynamicPartitionsDefinition:
+    """``<dataset>_image_batches``: keys are batch-NNNNNN photo-id ranges (see inat_assets.batches)."""
+    return DynamicPartitionsDefinition(name=f"{dataset}_image_batches")

@@ -23,7 +23,7 @@ from pydantic import Field
 from inat_assets.assets.archive import dwca_archive, locate_archive
 from inat_assets.dwca.convert import DEFAULT_MAX_REJECT_SHARE, ConversionResult, convert_member, sql_string
 from inat_assets.dwca.schema import Table
-from inat_assets.resources import InatSettings
+from inat_assets.resources import DataStoreResource, DwcaResource
 
 TABLES_GROUP = "tables"
 
@@ -45,16 +45,16 @@ class TableConfig(Config):
 
 def _convert(
     context: AssetExecutionContext,
-    settings: InatSettings,
+    dwca: DwcaResource,
+    store_resource: DataStoreResource,
     duckdb: DuckDBResource,
     table: Table,
     config: TableConfig,
 ) -> MaterializeResult:
-    store = settings.store()
-    archive = locate_archive(settings)
+    store = store_resource.get()
+    archive = locate_archive(dwca, store_resource)
     member = archive.observations if table == "observations" else archive.media
     with duckdb.get_connection() as con:
-        settings.configure_duckdb(con)
         result = convert_member(
             con,
             archive.path,
@@ -62,7 +62,7 @@ def _convert(
             store.table(table),
             store.rejects(table),
             store.scratch_dir("convert"),
-            read_mode=settings.csv_read_mode,  # type: ignore[arg-type]
+            read_mode=dwca.read_mode,
             max_reject_share=config.fail_reject_share,
             log=context.log.info,
         )
@@ -107,9 +107,13 @@ def parquet_table_schema(path: Path) -> TableSchema:
     ),
 )
 def observations_parquet(
-    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource, config: TableConfig
+    context: AssetExecutionContext,
+    dwca: DwcaResource,
+    store: DataStoreResource,
+    duckdb: DuckDBResource,
+    config: TableConfig,
 ) -> MaterializeResult:
-    return _convert(context, settings, duckdb, "observations", config)
+    return _convert(context, dwca, store, duckdb, "observations", config)
 
 
 @asset(
@@ -123,9 +127,13 @@ def observations_parquet(
     ),
 )
 def media_parquet(
-    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource, config: TableConfig
+    context: AssetExecutionContext,
+    dwca: DwcaResource,
+    store: DataStoreResource,
+    duckdb: DuckDBResource,
+    config: TableConfig,
 ) -> MaterializeResult:
-    return _convert(context, settings, duckdb, "media", config)
+    return _convert(context, dwca, store, duckdb, "media", config)
 
 
 class RejectShareConfig(Config):
@@ -161,16 +169,16 @@ def _reject_share_check(asset_def: AssetsDefinition, table: Table):
     def check(
         context: AssetCheckExecutionContext,
         config: RejectShareConfig,
-        settings: InatSettings,
+        store: DataStoreResource,
         duckdb: DuckDBResource,
     ) -> AssetCheckResult:
-        store = settings.store()
+        paths = store.get()
         with duckdb.get_connection() as con:
             rows = con.execute(
-                f"SELECT count(*) FROM read_parquet({sql_string(store.table(table))})"
+                f"SELECT count(*) FROM read_parquet({sql_string(paths.table(table))})"
             ).fetchone()[0]  # type: ignore[index]
             rejected = con.execute(
-                f"SELECT count(*) FROM read_parquet({sql_string(store.rejects(table))})"
+                f"SELECT count(*) FROM read_parquet({sql_string(paths.rejects(table))})"
             ).fetchone()[0]  # type: ignore[index]
         share = rejected / (rows + rejected) if rows + rejected else 0.0
         severity = reject_share_severity(share, config)
@@ -194,11 +202,10 @@ media_reject_share = _reject_share_check(media_parquet, "media")
 
 
 @asset_check(asset=observations_parquet, description="Every observation id is present and appears once.")
-def unique_observation_ids(settings: InatSettings, duckdb: DuckDBResource) -> AssetCheckResult:
+def unique_observation_ids(store: DataStoreResource, duckdb: DuckDBResource) -> AssetCheckResult:
     with duckdb.get_connection() as con:
-        settings.configure_duckdb(con)
         rows, nulls, distinct = con.execute(
-            f"SELECT count(*), count(*) - count(id), count(DISTINCT id) FROM read_parquet({sql_string(settings.store().table('observations'))})"
+            f"SELECT count(*), count(*) - count(id), count(DISTINCT id) FROM read_parquet({sql_string(store.get().table('observations'))})"
         ).fetchone()  # type: ignore[misc]
     duplicates = rows - nulls - distinct
     return AssetCheckResult(

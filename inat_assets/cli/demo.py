@@ -1,9 +1,10 @@
 """`inat-assets demo`: the whole graph on the bundled sample, offline, against a local photo mirror.
 
-It materializes dwca_archive -> observations/media tables -> fetch.parquet -> every image batch in
-a temporary Dagster instance, with the photos served by `inat_assets.testing.mirror` on 127.0.0.1 (a few
-of them answer 503 or 429 first, and one 404s, so retries and permanent failures show up in the
-manifests), then prints what was produced and where.
+It materializes dwca_archive -> observations/media tables -> the fetch list of every declared
+dataset (the shipped ``plants`` and ``fungi_open``) -> every image batch of each, in a temporary
+Dagster instance, with the photos served by `inat_assets.testing.mirror` on 127.0.0.1 (a few of
+them answer 503 or 429 first, and one 404s, so retries and permanent failures show up in the
+manifests), then prints what each dataset got and where.
 """
 
 from __future__ import annotations
@@ -16,24 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from dagster import AssetsDefinition, DagsterInstance, ExecuteInProcessResult, materialize
-from dagster_duckdb import DuckDBResource
+from dagster import AssetKey, AssetsDefinition, DagsterInstance, ExecuteInProcessResult, materialize
 
-from inat_assets import definitions
+from inat_assets.assets.archive import dwca_archive
+from inat_assets.assets.tables import (
+    media_parquet,
+    media_reject_share,
+    observations_parquet,
+    observations_reject_share,
+    unique_observation_ids,
+)
+from inat_assets.cli.photos import declared_selections
 from inat_assets.dwca.convert import sql_string
-from inat_assets.resources import InatSettings
+from inat_assets.resources import inat_resources
+from inat_assets.storage import DataStore
 from inat_assets.testing.mirror import serve_mirror
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _TABLE_CHAIN = [
-    definitions.dwca_archive,
-    definitions.observations_parquet,
-    definitions.media_parquet,
-    definitions.fetch_parquet,
-    definitions.observations_reject_share,
-    definitions.media_reject_share,
-    definitions.unique_observation_ids,
-    definitions.unique_photo_ids_with_http_urls,
+    dwca_archive,
+    observations_parquet,
+    media_parquet,
+    observations_reject_share,
+    media_reject_share,
+    unique_observation_ids,
 ]
 
 
@@ -60,11 +67,23 @@ def _run(
     return result
 
 
+def _dataset_assets(defs: Any, name: str) -> tuple[AssetsDefinition, Any, AssetsDefinition]:
+    """(fetch_parquet, its checks, image_batches) of one declared dataset, picked from the Definitions."""
+    fetch_key, images_key = AssetKey([name, "fetch_parquet"]), AssetKey([name, "image_batches"])
+    # From the declared lists, not resolve_assets_def: those come bound to the environment's resources.
+    assets = {a.key: a for a in defs.assets or [] if isinstance(a, AssetsDefinition) and a.keys}
+    checks = [c for c in defs.asset_checks or [] if fetch_key in {k.asset_key for k in c.check_keys}]
+    return assets[fetch_key], checks, assets[images_key]
+
+
 def run_demo(data_dir: Path) -> int:
+    from inat_assets.definitions import defs
+
     started = time.monotonic()
     print(f"inat-assets demo: writing to {data_dir}")
     with _sample_archive() as sample, serve_mirror(("127.0.0.1",)) as mirror, tempfile.TemporaryDirectory() as home:
-        settings = InatSettings(
+        resources = inat_resources(
+            environ={},
             data_dir=str(data_dir),
             dwca_source=str(sample),
             photo_mirror=mirror.base_url(),
@@ -72,55 +91,65 @@ def run_demo(data_dir: Path) -> int:
             download_concurrency=16,
             batch_span=500,  # sized for the bundled sample: its ~190 plant photos fall into four batches
         )
-        resources = {"settings": settings, "duckdb": DuckDBResource(database=":memory:")}
+        store = DataStore.from_setting(str(data_dir))
+        datasets = [s.dataset for s in declared_selections(defs, store)]
         instance = DagsterInstance.local_temp(tempdir=home, overrides={"telemetry": {"enabled": False}})
-        print(f"1/2 archive -> tables -> fetch list (sample: {sample.name})")
-        tables = _run(_TABLE_CHAIN, instance, resources, run_config=_QUIET)
-        checks = {
+        print(f"1/2 archive -> tables -> fetch lists of {', '.join(datasets)} (sample: {sample.name})")
+        chain: list[Any] = list(_TABLE_CHAIN)
+        for name in datasets:
+            fetch, checks, _ = _dataset_assets(defs, name)
+            chain += [fetch, *checks]
+        tables = _run(chain, instance, resources, run_config=_QUIET)
+        checks_passed = {
             f"{e.asset_key.to_user_string()} {e.check_name}": e.passed for e in tables.get_asset_check_evaluations()
         }
-        store = settings.store()
-        mirror.set_faults(_demo_faults(store.path("fetch.parquet")))
-        keys = instance.get_dynamic_partitions("image_batches")
-        print(f"2/2 image batches: {len(keys)} partitions, photos served by a local mirror at {mirror.base_url()}")
-        for key in keys:
-            _run([definitions.image_batches], instance, resources, partition_key=key, run_config=_QUIET)
-            print(f"    {key} done")
-        _print_summary(store.root, checks, time.monotonic() - started)
+        if "plants" in datasets:
+            mirror.set_faults(_demo_faults(store.fetch_list("plants")))
+        for step, name in enumerate(datasets, start=1):
+            _, _, images = _dataset_assets(defs, name)
+            keys = instance.get_dynamic_partitions(f"{name}_image_batches")
+            print(f"2/2 ({step}/{len(datasets)}) {name}/image_batches: {len(keys)} partitions from {mirror.base_url()}")
+            for key in keys:
+                _run([images], instance, resources, partition_key=key, run_config=_QUIET)
+                print(f"    {name} {key} done")
+        _print_summary(store, datasets, checks_passed, time.monotonic() - started)
     return 0
 
 
-def _print_summary(root: Path, checks: dict[str, bool], seconds: float) -> None:
+def _print_summary(store: DataStore, datasets: list[str], checks: dict[str, bool], seconds: float) -> None:
+    root = store.root
     with duckdb.connect() as con:
 
         def one(sql: str) -> Any:
             return con.execute(sql).fetchone()[0]  # type: ignore[index]
 
-        observations = one(f"SELECT count(*) FROM {sql_string(root / 'observations.parquet')}")
-        media = one(f"SELECT count(*) FROM {sql_string(root / 'media.parquet')}")
+        observations = one(f"SELECT count(*) FROM {sql_string(store.table('observations'))}")
+        media = one(f"SELECT count(*) FROM {sql_string(store.table('media'))}")
         rejects = one(f"SELECT count(*) FROM read_parquet({sql_string(str(root / 'rejects' / '*.parquet'))})")
-        photos = one(f"SELECT count(*) FROM {sql_string(root / 'fetch.parquet')}")
-        statuses = con.execute(
-            f"SELECT status, count(*), sum(bytes) FROM read_parquet({sql_string(str(root / 'manifests' / '*.parquet'))}) "
-            "GROUP BY ALL ORDER BY 2 DESC"
-        ).fetchall()
-        errors = con.execute(
-            f"SELECT photo_id, error FROM read_parquet({sql_string(str(root / 'manifests' / '*.parquet'))}) "
-            "WHERE status LIKE 'failed%' ORDER BY photo_id"
-        ).fetchall()
+        print()
+        print(f"observations.parquet  {observations:>8,} rows")
+        print(f"media.parquet         {media:>8,} rows")
+        print(f"rejects/*.parquet     {rejects:>8,} malformed lines set aside (the sample has some on purpose)")
+        for name in datasets:
+            photos = one(f"SELECT count(*) FROM {sql_string(store.fetch_list(name))}")
+            manifests = sql_string(str(store.manifests_dir(name) / "*.parquet"))
+            print(f"\ndataset {name}: fetch.parquet {photos:,} photos to fetch")
+            if photos == 0:
+                continue
+            for status, count, size in con.execute(
+                f"SELECT status, count(*), sum(bytes) FROM read_parquet({manifests}) GROUP BY ALL ORDER BY 2 DESC"
+            ).fetchall():
+                print(f"  images: {status:17s}{count:>6,}  {int(size or 0) / 1e6:.1f} MB")
+            for photo_id, error in con.execute(
+                f"SELECT photo_id, error FROM read_parquet({manifests}) WHERE status LIKE 'failed%' ORDER BY photo_id"
+            ).fetchall():
+                print(f"    photo {photo_id}: {error}")
+            print(f"  manifests in {store.manifests_dir(name)}")
     print()
-    print(f"observations.parquet  {observations:>8,} rows")
-    print(f"media.parquet         {media:>8,} rows")
-    print(f"rejects/*.parquet     {rejects:>8,} malformed lines set aside (the sample has some on purpose)")
-    print(f"fetch.parquet         {photos:>8,} photos to fetch (kingdom Plantae)")
-    for status, count, size in statuses:
-        print(f"images: {status:17s}{count:>6,}  {int(size or 0) / 1e6:.1f} MB")
-    for photo_id, error in errors:
-        print(f"    photo {photo_id}: {error}")
     for name, passed in checks.items():
         note = " (expected: the sample's deliberate malformed lines exceed 0.1 %)" if "rejected" in name else ""
         print(f"check {name}: {'passed' if passed else 'failed'}{note if not passed else ''}")
-    print(f"\nimages in {root / 'images'}, manifests in {root / 'manifests'}; {seconds:.1f} s in all")
+    print(f"\nphotos in {store.photos_root()} (one copy per photo and size); {seconds:.1f} s in all")
 
 
 def default_data_dir() -> Path:

@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--data-dir", type=Path, default=None, help="output folder (default: $INAT_DATA_DIR, else ./demo-data)"
     )
+    from inat_assets.cli import photos
+
+    photos.add_arguments(
+        commands.add_parser("photos", help="photos on disk: `photos unused [--delete]` lists those no dataset selects")
+    )
     commands.add_parser(
         "sample",
         help="write a synthetic sample archive (see `inat-assets sample --help`)",
@@ -27,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from inat_assets.testing.sample import main as sample_main
 
         return sample_main(rest)
+    if args.command == "photos":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return photos.run(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from inat_assets.cli.demo import default_data_dir, run_demo

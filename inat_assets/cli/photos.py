@@ -1,0 +1,63 @@
+"""`inat-assets photos unused [--delete]`: photos on disk that no declared dataset selects any more.
+
+After a declaration changes (Plantae -> Fungi, a narrower licence, another size) the photos of
+the old selection stay on disk: never deleted silently. This command reports them (count, bytes,
+per size) and removes them only with ``--delete``. Run it when no image batch is downloading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import duckdb
+from dagster import Definitions
+
+from inat_assets.batches import load_span
+from inat_assets.photo_usage import SelectedPhotos, find_unused_photos
+from inat_assets.resources import DataStoreResource, env_var
+from inat_assets.storage import DataStore
+
+
+def declared_selections(defs: Definitions, store: DataStore) -> list[SelectedPhotos]:
+    """One entry per declared dataset, read from its image_batches asset (metadata dataset, photo_size)."""
+    selections = []
+    for spec in defs.resolve_all_asset_specs():
+        name, size = spec.metadata.get("dataset"), spec.metadata.get("photo_size")
+        if isinstance(name, str) and isinstance(size, str):
+            selections.append(SelectedPhotos(name, size, store.fetch_list(name)))
+    return selections
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="photos_command", required=True)
+    unused = sub.add_parser("unused", help="count (and with --delete remove) photos no dataset selects")
+    unused.add_argument("--delete", action="store_true", help="delete them (default: only report)")
+    unused.add_argument(
+        "--data-dir", type=Path, default=None, help="data folder (default: $INAT_DATA_DIR, else ./data)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from inat_assets.definitions import defs
+
+    default = DataStoreResource.model_fields["data_dir"].default
+    store = DataStore.from_setting(str(args.data_dir or os.environ.get(env_var("data_dir")) or default))
+    selections = declared_selections(defs, store)
+    with duckdb.connect() as con:
+        unused = find_unused_photos(
+            con, store, load_span(store.batch_state()), selections, delete=args.delete
+        )
+    names = ", ".join(f"{s.dataset} ({s.size})" for s in selections) or "none"
+    print(f"datasets: {names}")
+    for size, (count, size_bytes) in sorted(unused.by_size.items()):
+        print(f"photos/{size}: {count:,} unused photos, {size_bytes / 1e6:,.1f} MB")
+    print(f"unused photos: {unused.count:,}, {unused.bytes:,} bytes in {store.photos_root()}")
+    for folder in unused.busy_folders:
+        print(f"photos/{folder}: skipped, a batch is downloading into it; run the command again later")
+    if args.delete:
+        print(f"deleted {unused.deleted:,} photos")
+    elif unused.count:
+        print("nothing deleted; run `inat-assets photos unused --delete` to remove them")
+    return 0
