@@ -16,7 +16,12 @@ from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.assets.tables import media_parquet, observations_parquet
 from inat_assets.batches import plan_batches
 from inat_assets.dwca.convert import sql_string
-from inat_assets.dwca.fetch_list import FetchFilters, FetchListResult, build_fetch_list
+from inat_assets.dwca.fetch_list import (
+    DEFAULT_QUERY_TIMEOUT_SECONDS,
+    FetchFilters,
+    FetchListResult,
+    build_fetch_list,
+)
 from inat_assets.resources import InatSettings
 
 FETCH_GROUP = "fetch_list"
@@ -55,6 +60,10 @@ class FetchListConfig(Config):
     photo_size: str = Field(
         default="original", description="original, large, medium, small, thumb or square (rewrites the URL)."
     )
+    timeout_seconds: float = Field(
+        default=DEFAULT_QUERY_TIMEOUT_SECONDS,
+        description="Stop the fetch-list query (and fail the run) when one of its statements runs longer than this.",
+    )
 
     def to_filters(self) -> FetchFilters:
         return FetchFilters(**self.model_dump())
@@ -75,6 +84,7 @@ def fetch_metadata(result: FetchListResult) -> dict[str, object]:
         "orphan_media": result.orphan_media,
         "sounds_and_other_media": result.sounds_and_other_media,
         "duplicate_photo_ids": result.duplicate_photo_ids,
+        "duplicate_observation_rows": result.duplicate_observation_rows,
         "min_photo_id": result.min_photo_id if result.min_photo_id is not None else -1,
         "max_photo_id": result.max_photo_id if result.max_photo_id is not None else -1,
         "top_families": _markdown_counts("family", result.top_families),
