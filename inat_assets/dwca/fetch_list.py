@@ -22,9 +22,9 @@ import duckdb
 
 from inat_assets.dwca.convert import sql_string
 from inat_assets.errors import FetchListError
+from inat_assets.photos import PHOTO_SIZES, with_size_sql
 from inat_assets.storage import atomic_path
 
-PHOTO_SIZES = ("original", "large", "medium", "small", "thumb", "square")
 LICENSE_CODES = ("CC0", "CC-BY", "CC-BY-NC", "CC-BY-SA", "CC-BY-ND", "CC-BY-NC-SA", "CC-BY-NC-ND")
 CAPTIVE_VALUES = ("wild", "cultivated")
 RANK_FILTERS = ("kingdom", "phylum", "class_", "order", "family", "genus")
@@ -363,12 +363,7 @@ def build_fetch_list(
     install_license_macro(con)
     preds = build_predicates(con, filters)
     where = " AND ".join(["m.type = 'StillImage'", *preds])
-    size = filters.photo_size
-    url = (
-        "m.identifier"
-        if size == "original"
-        else (f"regexp_replace(m.identifier, '/original(\\.[A-Za-z0-9]+)$', '/{size}\\1')")
-    )
+    url = with_size_sql("m.identifier", filters.photo_size)
     media_rows = f"read_parquet({sql_string(media)}, file_row_number = true)"
     observation_rows = f"read_parquet({sql_string(observations)}, file_row_number = true)"
     # A photo id listed twice keeps the row with the lowest observation id. Choosing that row on the

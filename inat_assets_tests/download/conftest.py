@@ -39,5 +39,6 @@ def fast_config(**overrides: object) -> DownloadConfig:
 
 
 def files_in(folder: Path) -> list[Path]:
-    """Every file below ``folder`` except manifests, hidden ones included (to catch .part files)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet")
+    """Every file below ``folder`` except manifests and the span record (batches.json), hidden ones
+    included (to catch .part files)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet" and p.name != "batches.json")
