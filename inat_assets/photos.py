@@ -2,9 +2,9 @@
 
 - ``PhotoSize``: the sizes iNaturalist serves (``photos/<id>/<size>.<ext>``).
 - The size rewrite: the last path segment ``original.<ext>`` becomes ``<size>.<ext>``; the query
-  string and fragment are kept; any other URL is left alone. One regular expression, applied by
-  Python (``with_size``) and by DuckDB (``with_size_sql``; RE2 has no lookahead, so the pattern
-  uses none and both engines read it the same way).
+  string and fragment are kept; any other URL is left alone. The same regular expressions are
+  applied by Python (``with_size``) and by DuckDB (``with_size_sql``; RE2 has no lookahead, so the
+  patterns use none and both engines read them the same way).
 - Batch keys: ``batch-000123`` holds photo ids ``[123 * span, 124 * span)`` (``batch_key``,
   ``batch_range``, ``BATCH_KEY_PATTERN``).
 - Batch folders: a photo is stored in ``<root>/<batch_key(photo_id, span)>/`` (``BatchFolders``),
@@ -33,10 +33,24 @@ class PhotoSize(StrEnum):
 
 PHOTO_SIZES: tuple[str, ...] = tuple(size.value for size in PhotoSize)
 
-# Group 1: everything before the last "/original" of the path (no "?" or "#": the query and fragment
-# are never searched); group 2: ".<ext>", which must end the path; group 3: query and/or fragment.
+# The rewrite in two patterns, written in the syntax both engines share (RE2's is the smaller):
+# a URL is rewritable when its path (everything before the first "?" or "#") ends in
+# "/original.<ext>"; then the first "/original.<ext>" followed by a query, a fragment or the end is
+# that segment, and is replaced. One anchored pattern with a capture of the whole path prefix did
+# the same in one step, but made DuckDB's rewrite 4x slower (0.95 s against 0.22 s of CPU for 335k
+# URLs; these two: 0.5 s), since RE2 extracts submatches with its slow engines.
 # (?s): a line break in a URL is an ordinary character for both engines.
-SIZE_REWRITE_PATTERN = r"(?s)^([^?#]*)/original(\.[A-Za-z0-9]+)([?#].*)?$"
+REWRITABLE_PATTERN = r"(?s)^[^?#]*/original\.[A-Za-z0-9]+(?:[?#]|$)"
+SEGMENT_PATTERN = r"(?s)/original(\.[A-Za-z0-9]+)([?#].*)?$"
+
+
+def _python(pattern: str) -> re.Pattern[str]:
+    # RE2's "$" is the end of the text; Python's also matches before a final line break: use \Z.
+    return re.compile(pattern.replace("$", r"\Z"))
+
+
+_REWRITABLE = _python(REWRITABLE_PATTERN)
+_SEGMENT = _python(SEGMENT_PATTERN)
 
 
 def photo_size(value: str | PhotoSize) -> PhotoSize:
@@ -48,10 +62,7 @@ def photo_size(value: str | PhotoSize) -> PhotoSize:
 
 
 def _replacement(size: PhotoSize) -> str:
-    return rf"\1/{size.value}\2\3"  # the same replacement syntax in Python's re and DuckDB's RE2
-
-
-_SIZE_REWRITE = re.compile(SIZE_REWRITE_PATTERN)
+    return rf"/{size.value}\1\2"  # the same replacement syntax in Python's re and DuckDB's RE2
 
 
 def with_size(url: str, size: str | PhotoSize) -> str:
@@ -59,7 +70,9 @@ def with_size(url: str, size: str | PhotoSize) -> str:
     size = photo_size(size)
     if size is PhotoSize.ORIGINAL:
         return url
-    return _SIZE_REWRITE.sub(_replacement(size), url, count=1)
+    if not _REWRITABLE.match(url):
+        return url
+    return _SEGMENT.sub(_replacement(size), url, count=1)
 
 
 def with_size_sql(column: str, size: str | PhotoSize) -> str:
@@ -67,7 +80,10 @@ def with_size_sql(column: str, size: str | PhotoSize) -> str:
     size = photo_size(size)
     if size is PhotoSize.ORIGINAL:
         return column
-    return f"regexp_replace({column}, '{SIZE_REWRITE_PATTERN}', '{_replacement(size)}')"
+    return (
+        f"CASE WHEN regexp_matches({column}, '{REWRITABLE_PATTERN}') "
+        f"THEN regexp_replace({column}, '{SEGMENT_PATTERN}', '{_replacement(size)}') ELSE {column} END"
+    )
 
 
 # Batch keys -------------------------------------------------------------------------------------

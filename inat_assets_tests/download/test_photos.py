@@ -47,6 +47,10 @@ TRICKY_URLS = [
     ("https://a.org/photos/1/ORIGINAL.jpg", "https://a.org/photos/1/ORIGINAL.jpg"),
     ("https://a.org/p/original.tar.gz", "https://a.org/p/original.tar.gz"),
     ("https://a.org/p/original.jpg\nx", "https://a.org/p/original.jpg\nx"),
+    ("https://a.org/p/original.jpg\n", "https://a.org/p/original.jpg\n"),
+    ("https://a.org/p/x?q=/original.png", "https://a.org/p/x?q=/original.png"),
+    ("https://a.org/p/x#/original.png", "https://a.org/p/x#/original.png"),
+    ("https://a.org/p/original.jpg?a\nb", "https://a.org/p/medium.jpg?a\nb"),
     ("", ""),
 ]  # fmt: skip
 
