@@ -104,7 +104,7 @@ def run_ours(urls: list[str], out: Path, concurrency: int, processes: int = 1) -
 
     from inat_assets.download import DownloadConfig, PhotoTask, run_download
 
-    host = urlsplit(urls[0]).hostname or ""
+    host = urlsplit(urls[0]).netloc  # host:port: a bare host would allow ports 80/443 only
     config = DownloadConfig(concurrency=concurrency, allowed_hosts=(host,), retries=2, processes=processes)
     tasks = (PhotoTask(int(u.split("/")[-2]), u) for u in urls)
     summary = run_download(tasks, out, out / "manifest.parquet", config, total=len(urls))

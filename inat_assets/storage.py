@@ -9,26 +9,46 @@ interface, which is why callers ask for paths and URIs here instead of joining s
 from __future__ import annotations
 
 import os
-import tempfile
+import random
+import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from inat_assets.errors import StorageError
+from inat_assets.locks import acquire, is_held
 
 _UNSUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "http://", "https://")
 
 
 
 
+def _create_beside(final: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.part`` beside ``final`` with mode 0666 less the umask.
+
+    tempfile.mkstemp would make it 0600 (and every photo, manifest and table renamed from it owner-
+    only, whatever the umask); an os.fchmod afterwards costs one more system call per file. Opening
+    with O_EXCL ourselves lets the kernel apply the umask, like any other new file. The random part
+    comes from the ``random`` module, which is reseeded in forked children, so worker processes
+    do not draw the same names; a name that exists anyway is simply drawn again.
+    """
+    while True:
+        tmp = final.parent / f".{final.name}.{random.getrandbits(40):010x}.part"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def _temporary_beside(final: Path) -> tuple[int, Path]:
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+        return _create_beside(final)
     except FileNotFoundError:  # first file in a new folder; mkdir only then (it is a syscall per file)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    return fd, Path(name)
+        return _create_beside(final)
 
 
 @contextmanager
@@ -107,3 +127,77 @@ class DataStore:
     def scratch_dir(self, *parts: str) -> Path:
         """Working space (FIFOs, DuckDB spill files, extracted members); safe to delete when idle."""
         return self.ensure_dir("tmp", *parts)
+
+
+# Scratch folders of one run ------------------------------------------------------------------
+_SCRATCH_LOCK = ".lock"
+# A folder without a lock file is only removed when older than this: a run creates its lock file a
+# moment before its folder's first file, and a dead run's folder always has one.
+_UNLOCKED_GRACE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class RemovedScratch:
+    path: Path
+    bytes: int
+
+
+@contextmanager
+def run_scratch(parent: Path, purpose: str) -> Iterator[Path]:
+    """A fresh folder under ``parent`` for this run's working files, locked while the run lives.
+
+    The lock (``<folder>/.lock``, see `inat_assets.locks`) is what `remove_dead_scratch` looks at:
+    the kernel drops it when the process dies, however it dies, so a later run can tell this
+    folder from a dead run's. The folder is deleted when the block ends.
+    """
+    folder = parent / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lock = acquire(folder / _SCRATCH_LOCK, purpose=purpose)  # creates the folder
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.release()
+
+
+def remove_dead_scratch(parent: Path) -> list[RemovedScratch]:
+    """Delete every run folder under ``parent`` whose lock no live process holds; say what went."""
+    removed: list[RemovedScratch] = []
+    if not parent.is_dir():
+        return removed
+    for folder in sorted(parent.iterdir()):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        lock = folder / _SCRATCH_LOCK
+        if lock.exists():
+            if is_held(lock):
+                continue
+        elif time.time() - folder.stat().st_mtime < _UNLOCKED_GRACE_SECONDS:
+            continue
+        size = _tree_bytes(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(RemovedScratch(folder, size))
+    return removed
+
+
+def remove_stale_parts(final: Path) -> list[RemovedScratch]:
+    """Delete the temporary files `atomic_path` left beside ``final`` (a killed run's ``.part``).
+
+    Only call this while holding the lock that makes you the one writer of ``final``.
+    """
+    removed = []
+    for part in final.parent.glob(f".{final.name}.*.part"):
+        size = part.stat().st_size if part.is_file() else 0
+        part.unlink(missing_ok=True)
+        removed.append(RemovedScratch(part, size))
+    return removed
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            pass
+    return total

@@ -70,7 +70,7 @@ def test_the_graph_downloads_a_url_source(sample_48: SampleArchiveInfo, tmp_path
     meta = metadata(result, "dwca_archive")
     assert meta["origin"] == "downloaded" and meta["etag"] == '"v1"'
     assert (tmp_path / "data" / "archive" / "gbif-observations-dwca.zip").is_file()
-    assert metadata(result, "observations_parquet")["rows"] == sample_48.observations_valid
+    assert metadata(result, "observations_parquet")["dagster/row_count"] == sample_48.observations_valid
 
 
 def test_truncated_download_that_never_completes_is_a_clear_error(sample_48: SampleArchiveInfo, tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ class ImageBatchConfig(Config):
 def download_config(settings: InatSettings, config: ImageBatchConfig) -> DownloadConfig:
     hosts = tuple(h.strip() for h in settings.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
     if settings.photo_mirror:
-        hosts = (*hosts, urlsplit(settings.photo_mirror).hostname or "")
+        # host:port when the mirror names a port: a bare host would allow only ports 80 and 443.
+        hosts = (*hosts, urlsplit(settings.photo_mirror).netloc.rpartition("@")[2])
     return DownloadConfig(
         concurrency=settings.download_concurrency,
         allowed_hosts=hosts,

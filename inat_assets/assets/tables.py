@@ -1,13 +1,19 @@
 """Stage 2: the archive's CSV members as typed Parquet tables (observations, media)."""
 
+from pathlib import Path
+
+import pyarrow.parquet as pq
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetsDefinition,
     Config,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableSchema,
     asset,
     asset_check,
 )
@@ -15,15 +21,34 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from inat_assets.assets.archive import dwca_archive, locate_archive
-from inat_assets.dwca.convert import ConversionResult, convert_member, sql_string
+from inat_assets.dwca.convert import DEFAULT_MAX_REJECT_SHARE, ConversionResult, convert_member, sql_string
 from inat_assets.dwca.schema import Table
 from inat_assets.resources import InatSettings
 
 TABLES_GROUP = "tables"
 
 
+# Soft limit of the reject-share check: above it the check warns (the bundled demo sample has 1 %
+# malformed lines by design and shows this warning); above the hard limit it is an error.
+DEFAULT_WARN_REJECT_SHARE = 0.001
+
+
+class TableConfig(Config):
+    fail_reject_share: float = Field(
+        default=DEFAULT_MAX_REJECT_SHARE,
+        description=(
+            "Hard limit: a conversion rejecting a larger share of lines fails and keeps the previous table "
+            "(ConversionError naming the reasons and where the rejected lines are)."
+        ),
+    )
+
+
 def _convert(
-    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource, table: Table
+    context: AssetExecutionContext,
+    settings: InatSettings,
+    duckdb: DuckDBResource,
+    table: Table,
+    config: TableConfig,
 ) -> MaterializeResult:
     store = settings.store()
     archive = locate_archive(settings)
@@ -38,6 +63,7 @@ def _convert(
             store.rejects(table),
             store.scratch_dir("convert"),
             read_mode=settings.csv_read_mode,  # type: ignore[arg-type]
+            max_reject_share=config.fail_reject_share,
             log=context.log.info,
         )
     if result.rejected_lines:
@@ -51,7 +77,7 @@ def _metadata(result: ConversionResult, columns: int) -> dict[str, object]:
     return {
         "path": MetadataValue.path(str(result.output)),
         "dagster/row_count": result.rows,
-        "rows": result.rows,
+        "dagster/column_schema": parquet_table_schema(result.output),
         "columns": columns,
         "rejected_lines": result.rejected_lines,
         "rejects_path": MetadataValue.path(str(result.rejects)),
@@ -63,6 +89,12 @@ def _metadata(result: ConversionResult, columns: int) -> dict[str, object]:
     }
 
 
+def parquet_table_schema(path: Path) -> TableSchema:
+    """Column names and types of a written Parquet file, from its footer (no data read)."""
+    schema = pq.read_schema(path)
+    return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
 @asset(
     deps=[dwca_archive],
     group_name=TABLES_GROUP,
@@ -70,13 +102,14 @@ def _metadata(result: ConversionResult, columns: int) -> dict[str, object]:
     description=(
         "observations.csv as INAT_DATA_DIR/observations.parquet (ZSTD): every column of the header under "
         "its own name, ids as BIGINT, coordinates as DOUBLE, everything else as text exactly as published. "
-        "Malformed lines go to INAT_DATA_DIR/rejects/observations.parquet."
+        "Malformed lines go to INAT_DATA_DIR/rejects/observations.parquet; if more than fail_reject_share "
+        "(default 50 %) of the lines are malformed the run fails and the previous table stays."
     ),
 )
 def observations_parquet(
-    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource
+    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource, config: TableConfig
 ) -> MaterializeResult:
-    return _convert(context, settings, duckdb, "observations")
+    return _convert(context, settings, duckdb, "observations", config)
 
 
 @asset(
@@ -85,27 +118,45 @@ def observations_parquet(
     kinds={"duckdb", "parquet"},
     description=(
         "media.csv as INAT_DATA_DIR/media.parquet (ZSTD): one row per photo or sound, `id` = observation id, "
-        "`catalogNumber` = photo/sound id. Malformed lines go to INAT_DATA_DIR/rejects/media.parquet."
+        "`catalogNumber` = photo/sound id. Malformed lines go to INAT_DATA_DIR/rejects/media.parquet (more than "
+        "fail_reject_share of them, default 50 %: the run fails and the previous table stays)."
     ),
 )
 def media_parquet(
-    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource
+    context: AssetExecutionContext, settings: InatSettings, duckdb: DuckDBResource, config: TableConfig
 ) -> MaterializeResult:
-    return _convert(context, settings, duckdb, "media")
+    return _convert(context, settings, duckdb, "media", config)
 
 
 class RejectShareConfig(Config):
     max_reject_share: float = Field(
-        default=0.001,
-        description="Largest acceptable share of rejected lines (rejected / (rows + rejected)).",
+        default=DEFAULT_WARN_REJECT_SHARE,
+        description="Soft limit: above this share of rejected lines (rejected / (rows + rejected)) the check warns.",
     )
+    fail_reject_share: float = Field(
+        default=DEFAULT_MAX_REJECT_SHARE,
+        description="Hard limit: above this share the check fails with ERROR severity and blocks downstream assets.",
+    )
+
+
+def reject_share_severity(share: float, config: RejectShareConfig) -> AssetCheckSeverity | None:
+    """None when the share is acceptable, WARN above the soft limit, ERROR above the hard one."""
+    if share > config.fail_reject_share:
+        return AssetCheckSeverity.ERROR
+    if share > config.max_reject_share:
+        return AssetCheckSeverity.WARN
+    return None
 
 
 def _reject_share_check(asset_def: AssetsDefinition, table: Table):
     @asset_check(
         asset=asset_def,
         name="rejected_lines_under_share",
-        description=(f"Rejected lines of the {table} CSV stay under a configurable share (default 0.1 %)."),
+        blocking=True,
+        description=(
+            f"Rejected lines of the {table} CSV stay under a share: a warning above the soft limit "
+            "(default 0.1 %), an error that blocks downstream assets above the hard limit (default 50 %)."
+        ),
     )
     def check(
         context: AssetCheckExecutionContext,
@@ -122,13 +173,16 @@ def _reject_share_check(asset_def: AssetsDefinition, table: Table):
                 f"SELECT count(*) FROM read_parquet({sql_string(store.rejects(table))})"
             ).fetchone()[0]  # type: ignore[index]
         share = rejected / (rows + rejected) if rows + rejected else 0.0
+        severity = reject_share_severity(share, config)
         return AssetCheckResult(
-            passed=share <= config.max_reject_share,
+            passed=severity is None,
+            severity=severity or AssetCheckSeverity.WARN,
             metadata={
                 "rows": rows,
                 "rejected_lines": rejected,
                 "share": share,
                 "max_share": config.max_reject_share,
+                "fail_share": config.fail_reject_share,
             },
         )
 

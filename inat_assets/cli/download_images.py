@@ -9,8 +9,11 @@ span, the same folders as the ``image_batches`` asset: the span recorded in ``<o
 else ``--batch-span``, else the span of the data dir the fetch list is in (its ``batches.json``), else
 a round span giving about 50,000 photos per folder; it is recorded in ``<output>/batches.json``.
 And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
-A rerun skips every photo already on disk and retries only failures. Exit status: 0 when every
-photo is ok or cached, 1 when some failed, 2 for unusable arguments or input.
+A rerun skips every photo already on disk and retries only failures. A photo id listed twice is
+fetched once. Rows whose photo id is unusable (text, a fraction, NaN, negative, beyond 2^63, null)
+are reported and left out; the others are downloaded. Exit status: 0 when every photo is ok or
+cached, 1 when some failed or some rows had an unusable photo id, 2 for unusable arguments, input
+or output (unwritable or full, or in use by another download-images), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -33,9 +36,11 @@ from inat_assets.download import (
     PhotoTask,
     Progress,
     allowed_hosts_from_env,
+    parse_photo_id,
     run_download,
 )
-from inat_assets.errors import BatchError, InputError
+from inat_assets.download.manifest import os_error_cause
+from inat_assets.errors import InatAssetsError, InputError
 from inat_assets.photos import PHOTO_SIZES, with_size
 
 # (photo id column, URL column) per known input layout, most specific first.
@@ -60,20 +65,41 @@ def open_fetch_list(path: Path) -> tuple[pq.ParquetFile, str, str, str | None]:
     raise InputError(f"{path}: needs columns {expected}; found: {', '.join(sorted(names)) or 'none'}")
 
 
+@dataclass
+class InputRows:
+    """Rows of the fetch list that produced no task: skipped on purpose, or with an unusable id."""
+
+    skipped: int = 0  # no URL, or a format that is not an image
+    bad_ids: int = 0
+    examples: list[str] = field(default_factory=list)  # the first few bad ids: "row N: value"
+
+    def bad_id(self, row: int, value: object) -> None:
+        self.bad_ids += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"row {row:,}: {value!r}")
+
+
 def iter_tasks(parquet: pq.ParquetFile, id_col: str, url_col: str, fmt_col: str | None, size: str,
-               skipped: list[int]) -> Iterator[PhotoTask]:
-    """Tasks from the file, one record batch in memory at a time; rows without id/URL or with a
-    non-image ``format`` are counted in ``skipped[0]``."""
+               rows: InputRows) -> Iterator[PhotoTask]:
+    """Tasks from the file, one record batch in memory at a time. Rows with an unusable photo id
+    are counted with examples (row numbers from 1) in ``rows``; rows without URL or with a non-image
+    ``format`` (compared case-insensitively) are counted as skipped."""
     columns = [id_col, url_col] + ([fmt_col] if fmt_col else [])
+    row = 0
     for batch in parquet.iter_batches(batch_size=8192, columns=columns):
         ids = batch.column(0).to_pylist()
         urls = batch.column(1).to_pylist()
         formats = batch.column(2).to_pylist() if fmt_col else None
-        for i, (pid, url) in enumerate(zip(ids, urls, strict=True)):
-            if pid is None or not url or (formats is not None and not str(formats[i] or "image/").startswith("image/")):
-                skipped[0] += 1
+        for i, (value, url) in enumerate(zip(ids, urls, strict=True)):
+            row += 1
+            if not url or (formats is not None and not str(formats[i] or "image/").lower().startswith("image/")):
+                rows.skipped += 1
                 continue
-            yield PhotoTask(int(pid), with_size(str(url), size))
+            photo_id = parse_photo_id(value)
+            if photo_id is None:
+                rows.bad_id(row, value)
+                continue
+            yield PhotoTask(photo_id, with_size(str(url), size))
 
 
 class ProgressLine:
@@ -110,16 +136,23 @@ def _clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def print_summary(summary: DownloadSummary, skipped_rows: int, stream: TextIO | None = None) -> None:
+def print_summary(summary: DownloadSummary, rows: InputRows, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     c = summary.counts
     print(f"done in {_clock(summary.seconds)}: {summary.total:,} photos, ok {c['ok']:,}, cached {c['cached']:,}, "
           f"failed permanently {c['failed_permanent']:,}, failed after retries {c['failed_transient']:,}; "
           f"{summary.bytes / 1e6:,.1f} MB at {summary.images_per_second:,.1f} images/s", file=stream)
-    if skipped_rows:
-        print(f"{skipped_rows:,} input rows skipped (no id or URL, or not an image format)", file=stream)
+    if rows.skipped:
+        print(f"{rows.skipped:,} input rows skipped (no URL, or not an image format)", file=stream)
+    if summary.duplicates:
+        print(f"{summary.duplicates:,} input rows repeat an earlier photo id (fetched once)", file=stream)
+    if rows.bad_ids:
+        print(f"{rows.bad_ids:,} input rows have an unusable photo id and were not downloaded "
+              f"(first: {'; '.join(rows.examples)})", file=stream)
     for reason, count in summary.top_errors:
         print(f"  {count:>8,}  {reason}", file=stream)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=stream)
     print(f"manifest: {summary.manifest_path}", file=stream)
     if summary.transient_failed:
         print("photos that failed after retries are fetched again by a rerun", file=stream)
@@ -170,23 +203,30 @@ def main(argv: list[str] | None = None) -> int:
         contact=args.contact, try_other_host=not args.no_other_host,
     )
     output: Path = args.output
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"download-images: cannot create the output folder {output}: {os_error_cause(exc)}", file=sys.stderr)
+        return 2
     manifest = output / "manifest.parquet"
     try:
         span = span_for_folder(output, args.parquet, id_col, args.batch_span, record=parquet.metadata.num_rows > 0)
-    except BatchError as exc:
+    except InatAssetsError as exc:  # a span other than the recorded one, an unreadable batches.json
         print(f"download-images: {exc}", file=sys.stderr)
         return 2
-    skipped = [0]
+    except OSError as exc:
+        print(f"download-images: cannot record the batch span in {output}: {os_error_cause(exc)}", file=sys.stderr)
+        return 2
+    rows = InputRows()
     progress = None if args.quiet else ProgressLine()
     started = time.monotonic()
     try:
         summary = run_download(
-            iter_tasks(parquet, id_col, url_col, fmt_col, args.size, skipped),
+            iter_tasks(parquet, id_col, url_col, fmt_col, args.size, rows),
             BatchFolders(output, span),
             manifest,
             config,
-            previous_manifest=manifest if manifest.exists() else None,
+            previous_manifest=manifest,
             on_progress=progress,
             progress_interval=args.progress_interval,
             total=parquet.metadata.num_rows,
@@ -197,10 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted after {time.monotonic() - started:.0f} s; finished files are kept, "
               "rerun to continue", file=sys.stderr)
         return 130
+    except InatAssetsError as exc:  # output unwritable or full, manifest in use: the message says what to do
+        if progress:
+            progress.finish()
+        print(f"download-images: {exc}", file=sys.stderr)
+        return 2
     if progress:
         progress.finish()
-    print_summary(summary, skipped[0])
-    return 1 if summary.failed else 0
+    print_summary(summary, rows)
+    return 1 if summary.failed or rows.bad_ids else 0
 
 
 if __name__ == "__main__":

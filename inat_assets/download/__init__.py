@@ -2,17 +2,18 @@
 
 Typical use::
 
-    from inat_assets.download import DownloadConfig, PhotoTask, batch_key, run_download
+    from inat_assets.download import BatchFolders, DownloadConfig, DownloadJob, PhotoTask, run
 
     tasks = (PhotoTask(pid, url) for pid, url in rows)          # any iterable, consumed lazily
-    summary = run_download(
+    job = DownloadJob(
         tasks,
-        dest_dir=lambda pid: root / batch_key(pid, 50_000),     # or one Path
+        dest_dir=BatchFolders(root, 50_000),                    # or one Path, or any pid -> Path
         manifest_path=root / "manifest.parquet",
         config=DownloadConfig(contact="me@example.org"),
         previous_manifest=root / "manifest.parquet",            # optional: size checks on rerun
-        on_progress=print,                                      # called every progress_interval s
+        progress_interval=5.0,
     )
+    summary = run(job, on_progress=print)                       # or run_download(tasks, dest_dir, ...)
 
 API
 ---
@@ -25,27 +26,42 @@ retry_after_max=300, max_redirects=5, http2=False, ca_file=None, fast_network_ba
 processes=1)`` -- ``processes > 1`` runs worker processes (limits split between them; see
 ``inat_assets.download.processes``).
 ``PhotoTask(photo_id, url)``
+``DownloadJob(tasks, dest_dir, manifest_path, config=DownloadConfig(), previous_manifest=None,
+progress_interval=5.0, total=None)``: one run, picklable apart from ``tasks`` (``without_tasks()``).
+``run(job, on_progress=None) -> DownloadSummary``: takes the lock ``.<manifest name>.lock`` beside the
+manifest (``LockedError`` naming the holder if another live run has it), removes dead runs'
+temporary manifests, sets an unreadable previous manifest aside, then runs
+``engine.run_in_process`` or ``processes.run_in_processes`` (both ``(job, on_progress)``).
 ``run_download(tasks, dest_dir, manifest_path, config, *, previous_manifest=None, on_progress=None,
-progress_interval=5.0, total=None) -> DownloadSummary``
+progress_interval=5.0, total=None) -> DownloadSummary``: builds the job and calls ``run``.
+``parse_photo_id(value) -> int | None``: the rule for a usable photo id (0 .. 2**63-1).
 ``Progress``: done, total, ok, failed, skipped, bytes, rate, eta_seconds, elapsed, note
 ``DownloadSummary``: total, counts, bytes, seconds, images_per_second, top_errors, manifest_path,
-transient_failed, permanent_failed, ok, cached (and ``failed``)
+transient_failed, permanent_failed, ok, cached, duplicates, invalid, warnings (and ``failed``)
 ``MANIFEST_SCHEMA``: photo_id, url, path, status, http_status, bytes, sha256, content_type, attempts,
-error, seconds. One row per task, in completion order.
+error, seconds, width, height. One row per photo id, in completion order. ``url`` is the last URL
+requested (after redirects, where the bytes came from).
 ``batch_key(photo_id, span) -> "batch-%06d" % (photo_id // span)``
 ``BatchFolders(root, span)``: ``root / batch_key(pid, span)`` as a picklable ``dest_dir``.
 ``allowed_hosts_from_env()``: ``INAT_ALLOWED_HOSTS`` (comma-separated), else the two iNat hosts.
+Allowlist entries: ``host`` (ports 80/443), ``host:port`` or ``host:*`` (any port).
 
 Statuses: ``ok`` (downloaded now), ``cached`` (already on disk and valid, no request made),
 ``failed_permanent`` (404/403/410 and other 4xx, not an image, too large, host not allowed,
-bad URL; not retried), ``failed_transient`` (connect errors, resets, timeouts, 429, 5xx,
-truncated bodies that still failed after ``retries`` retries; a rerun tries them again).
+bad URL, a corrupt image, an unsupported Content-Encoding; not retried), ``failed_transient``
+(connect errors, resets, timeouts, 429, 5xx, truncated bodies and incomplete images that still
+failed after ``retries`` retries; a rerun tries them again).
 
 Behaviour
 ---------
 * Only http(s) URLs on allowed hosts; redirects are followed by hand, each hop checked, at most
   ``max_redirects``. File names come from the photo id only, the extension from the magic bytes
-  (jpg, png, gif, webp). A file is kept only for status 200, image bytes, the full Content-Length.
+  (jpg, png, gif, webp). A file is kept only for status 200, the full Content-Length and a
+  complete image (``files.check_image``: its header parses to width and height and its end marker
+  is there); reruns apply the same check to files on disk.
+* Memory is bounded whatever the servers send: bodies reserve their size from one budget per run
+  before they are read (``network.BodyBudget``), one gzip/deflate layer is undone under the
+  ``max_bytes`` cap, stacked and other encodings are refused.
 * On 403/404 the same ``photos/<id>/<size>.<ext>`` path is tried once on the paired host
   (static.inaturalist.org <-> inaturalist-open-data.s3.amazonaws.com) when that host is allowed.
 * Retries back off exponentially with jitter, or as ``Retry-After`` says (capped); 429 and 503
@@ -54,7 +70,15 @@ Behaviour
 * Every request has connect and read timeouts and a deadline for the whole request, so every run
   ends with every task settled.
 * Files are written atomically (temporary ``.part`` name, then rename); stale ``.part`` files are
-  removed from a folder when the run first uses it; the manifest is renamed into place at the end.
+  removed from a folder when the run first uses it; a folder is created by its first photo; the
+  manifest is renamed into place at the end, and only when it was written completely (a full disk
+  leaves the previous manifest and no temporary file).
+* Input: a task whose photo id is unusable (``parse_photo_id``) is skipped and counted
+  (``invalid``); a photo id seen before is skipped and counted (``duplicates``): exact for input
+  sorted by photo id, within the last ``engine.RECENT_IDS`` distinct ids otherwise.
+* Errors: the output's problems (unwritable, full) are ``StorageError`` naming the path and cause;
+  another run on the same manifest is ``LockedError``; with processes, a worker's error is raised
+  as itself in the parent. Worker processes exit within about a second when their parent dies.
 
 Performance notes are in ``inat_assets.download.network``.
 """
@@ -74,10 +98,12 @@ from inat_assets.download.config import (
     PhotoTask,
     allowed_hosts_from_env,
     batch_key,
+    parse_photo_id,
 )
-from inat_assets.download.engine import DownloadSummary, Progress, run_download
+from inat_assets.download.engine import DownloadJob, DownloadSummary, Progress
 from inat_assets.download.manifest import MANIFEST_SCHEMA
 from inat_assets.download.processes import BatchFolders
+from inat_assets.download.runner import run, run_download
 
 __all__ = [
     "CACHED",
@@ -92,11 +118,14 @@ __all__ = [
     "STATUSES",
     "BatchFolders",
     "DownloadConfig",
+    "DownloadJob",
     "DownloadSummary",
     "HostLimits",
     "PhotoTask",
     "Progress",
     "allowed_hosts_from_env",
     "batch_key",
+    "parse_photo_id",
+    "run",
     "run_download",
 ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 import inat_assets
+from inat_assets.errors import DownloadError
 from inat_assets.photos import batch_key  # noqa: F401 -- re-exported: the rule lives in inat_assets.photos
 
 STATIC_HOST = "static.inaturalist.org"
@@ -96,8 +100,11 @@ class DownloadConfig:
             raise ValueError("concurrency and processes must be at least 1")
         if self.retries < 0:
             raise ValueError("retries must be 0 or more")
-        # Host names compare case-insensitively; normalise once here.
+        # Host names compare case-insensitively; normalise once here, and refuse a malformed entry
+        # now rather than when (and in whichever worker process) the run starts.
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
+        for entry in self.allowed_hosts:
+            parse_allowed_host(entry)
 
     @property
     def user_agent(self) -> str:
@@ -118,8 +125,65 @@ class PhotoTask:
     url: str
 
 
+# Photo ids are stored as int64 in the manifest; iNaturalist's are positive and far below this.
+MAX_PHOTO_ID = 2**63 - 1
+
+
+def parse_photo_id(value: object) -> int | None:
+    """``value`` as a photo id, or None when it cannot be one.
+
+    Accepted: an integer in 0 .. 2**63-1, a float without a fraction (a column with gaps read by
+    pandas is float), a string of decimal digits. Refused: null, NaN, infinities, fractions,
+    negative numbers, ids beyond int64, booleans, any other text.
+    """
+    if type(value) is int:  # the common case first: an int64 column
+        number = value
+    elif value is None or isinstance(value, bool):
+        return None
+    elif isinstance(value, numbers.Integral):  # NumPy integers and the like
+        number = int(value)
+    elif isinstance(value, numbers.Real):  # floats, NumPy floats
+        real = float(value)
+        if not math.isfinite(real) or not real.is_integer():
+            return None
+        number = int(real)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            return None
+        number = int(text)
+    else:
+        return None
+    return number if 0 <= number <= MAX_PHOTO_ID else None
+ANY_PORT = -1
+
+
+def parse_allowed_host(entry: str) -> tuple[str, int | None]:
+    """``(host, port)`` of an allowlist entry: ``host`` -> port None (the scheme's default port),
+    ``host:port``, ``host:*`` -> ANY_PORT. IPv6 addresses in brackets: ``[::1]:8080``."""
+    if entry.endswith(":*"):
+        host, port = entry[:-2].strip("[]"), ANY_PORT
+    else:
+        try:
+            parts = urlsplit(f"//{entry}")
+            host, port = parts.hostname or "", parts.port
+            if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+                host = ""
+        except ValueError:
+            host = ""
+    if not host:
+        raise DownloadError(
+            f"allowed host {entry!r} is not a host name, host:port or host:*; fix --allow-host or INAT_ALLOWED_HOSTS"
+        )
+    return host.lower(), port
+
+
 def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple[str, ...]:
-    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty."""
+    """Hosts from ``INAT_ALLOWED_HOSTS`` (comma-separated), or ``default`` when it is unset or empty.
+
+    An entry is ``host`` (ports 80/443 only), ``host:port`` or ``host:*`` (any port); see
+    photo_fetcher.HostAllowlist.
+    """
     raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     return hosts or default

@@ -1,4 +1,11 @@
-"""``run_download``: stream tasks through a pool of workers, write files and the manifest."""
+"""The download engine: the description of a job, its results, and the in-process runner.
+
+A download is one ``DownloadJob`` (tasks, destination, manifest, previous manifest, config, progress
+interval, total). ``inat_assets.download.runner.run(job, on_progress)`` takes the job's lock and hands
+it to a runner with that same signature: ``run_in_process`` here (one event loop) or
+``inat_assets.download.processes.run_in_processes`` (worker processes, each running this module's
+loop). This module imports neither of the others.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,10 @@ import logging
 import re
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -25,21 +32,50 @@ from inat_assets.download.config import (
     STATUSES,
     DownloadConfig,
     PhotoTask,
+    parse_photo_id,
 )
-from inat_assets.download.files import (
-    find_existing,
-    photo_ids_in,
-    remove_stale_manifest_parts,
-    remove_stale_photo_parts,
-)
-from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
+from inat_assets.download.files import find_existing, photo_ids_in, remove_stale_photo_parts
+from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest, os_error_cause
 from inat_assets.download.network import make_transport
 from inat_assets.download.photo_fetcher import Fetcher
+from inat_assets.errors import StorageError
 from inat_assets.storage import atomic_write_bytes
 
 log = logging.getLogger("inat_assets.download")
 
 DestDir = Path | Callable[[int], Path]
+ProgressCallback = Callable[["Progress"], None]
+
+
+@dataclass(frozen=True)
+class DownloadJob:
+    """Everything one download run needs, in one value.
+
+    ``tasks`` is consumed lazily by the process that runs the job and never pickled: worker
+    processes get ``without_tasks()`` and receive their tasks in chunks. Everything else pickles
+    (with ``processes > 1``, ``dest_dir`` must be a Path or ``BatchFolders``, not a lambda).
+    """
+
+    tasks: Iterable[PhotoTask]
+    dest_dir: DestDir  # a folder, or photo id -> folder
+    manifest_path: Path  # appears only when every task has settled
+    config: DownloadConfig = field(default_factory=DownloadConfig)
+    previous_manifest: Path | None = None  # adds a size check for photos already on disk
+    progress_interval: float = 5.0  # seconds between on_progress calls
+    total: int | None = None  # only for the progress ETA; len(tasks) when tasks has a length
+
+    @property
+    def lock_path(self) -> Path:
+        """One run at a time per manifest: it guards the manifest and its temporary files."""
+        return self.manifest_path.parent / f".{self.manifest_path.name}.lock"
+
+    def expected_total(self) -> int | None:
+        if self.total is None and hasattr(self.tasks, "__len__"):
+            return len(self.tasks)  # type: ignore[arg-type]
+        return self.total
+
+    def without_tasks(self) -> DownloadJob:
+        return replace(self, tasks=())
 
 
 @dataclass
@@ -58,9 +94,67 @@ class Progress:
     note: str | None = None  # e.g. a host waiting for its byte budget
 
 
+# Distinct photo ids remembered for spotting duplicates in the input: about 7 MB of Python ints and
+# set slots. Exact for input sorted by photo id (fetch.parquet and every image batch are: repeats
+# are then neighbours); in unsorted input a repeat further back than this is not recognised.
+RECENT_IDS = 65_536
+_INVALID_EXAMPLES = 5
+
+
+class InputScreen:
+    """Drops tasks whose photo id is unusable or already seen, and counts both (bounded memory).
+
+    A photo listed twice must be fetched once and get one manifest row: two concurrent fetches
+    into one file leave a manifest that disagrees with the disk. Both runners apply this in the
+    process that reads the input, before any task is handed out.
+    """
+
+    def __init__(self, window: int = RECENT_IDS) -> None:
+        self.window = window
+        self.duplicates = 0
+        self.invalid = 0
+        self.invalid_examples: list[str] = []
+        self.unsorted = False
+        self._recent: set[int] = set()
+        self._order: deque[int] = deque()
+        self._highest = -1
+
+    def __call__(self, tasks: Iterable[PhotoTask]) -> Iterator[PhotoTask]:
+        recent, order = self._recent, self._order
+        for position, task in enumerate(tasks):
+            photo_id = parse_photo_id(task.photo_id)
+            if photo_id is None:
+                self.invalid += 1
+                if len(self.invalid_examples) < _INVALID_EXAMPLES:
+                    self.invalid_examples.append(f"task {position}: photo_id {task.photo_id!r}")
+                continue
+            if photo_id <= self._highest:  # cannot be new when the input is sorted
+                if photo_id in recent:
+                    self.duplicates += 1
+                    continue
+                self.unsorted = True
+            else:
+                self._highest = photo_id
+            recent.add(photo_id)
+            order.append(photo_id)
+            if len(order) > self.window:
+                recent.discard(order.popleft())
+            yield task if type(task.photo_id) is int else PhotoTask(photo_id, task.url)
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.invalid:
+            notes.append(f"{self.invalid:,} tasks with an unusable photo id were skipped: "
+                         + "; ".join(self.invalid_examples))
+        if self.unsorted:
+            notes.append(f"the input is not sorted by photo id: repeats more than {self.window:,} photos "
+                         "apart were not recognised as duplicates (sort the input to be sure)")
+        return notes
+
+
 @dataclass
 class DownloadSummary:
-    total: int
+    total: int  # tasks settled: one manifest row each
     counts: dict[str, int]  # by status: ok, cached, failed_permanent, failed_transient
     bytes: int  # downloaded in this run
     seconds: float
@@ -71,6 +165,9 @@ class DownloadSummary:
     permanent_failed: int = 0
     ok: int = 0
     cached: int = 0
+    duplicates: int = 0  # input tasks dropped because their photo id came earlier
+    invalid: int = 0  # input tasks dropped because their photo id is unusable (not in the manifest)
+    warnings: list[str] = field(default_factory=list)  # for the person running it (set-aside manifest, ...)
 
     @property
     def failed(self) -> int:
@@ -79,7 +176,7 @@ class DownloadSummary:
     @classmethod
     def from_counts(
         cls, counts: Mapping[str, int], nbytes: int, seconds: float, top_errors: list[tuple[str, int]],
-        manifest_path: Path,
+        manifest_path: Path, screen: InputScreen | None = None,
     ) -> DownloadSummary:
         """The summary of a run (or of several worker processes' runs added up)."""
         by_status = {s: counts.get(s, 0) for s in STATUSES}
@@ -89,6 +186,8 @@ class DownloadSummary:
             top_errors=top_errors, manifest_path=manifest_path,
             transient_failed=by_status[FAILED_TRANSIENT], permanent_failed=by_status[FAILED_PERMANENT],
             ok=by_status[OK], cached=by_status[CACHED],
+            duplicates=screen.duplicates if screen else 0, invalid=screen.invalid if screen else 0,
+            warnings=screen.warnings() if screen else [],
         )
 
 
@@ -115,17 +214,23 @@ class _Run:
     _ssl: ssl.SSLContext | None = None
 
     def folder(self, photo_id: int) -> tuple[str, set[int]]:
-        """The destination folder as a string, and the photo ids that had files there when it was
-        first used in this run. Created, and cleared of stale .part files, on first use."""
+        """The destination folder as a string, and the ids of the photos on file there (listed on
+        first use in this run, then kept up to date with this run's writes). Cleared of stale .part
+        files on first use. Not created here: the first photo written creates it, so a batch whose
+        every photo failed leaves no empty folder behind."""
         path = self.dest(photo_id) if callable(self.dest) else self.dest
         known = self._folders.get(path)
         if known is None:
-            path.mkdir(parents=True, exist_ok=True)
-            # Safe here: this runs before any worker of this run writes into the folder (no await
-            # between the check and the removal), and a folder is written by one run at a time.
-            if self.clean_parts:
-                clean_folder(path)
-            known = self._folders[path] = (str(path.resolve()), photo_ids_in(path))
+            try:
+                exists = path.is_dir()
+                # Safe here: this runs before any worker of this run writes into the folder (no
+                # await between the check and the removal), and one run at a time holds the lock.
+                if exists and self.clean_parts:
+                    clean_folder(path)
+                present = photo_ids_in(path) if exists else set()
+            except OSError as exc:
+                raise StorageError(f"cannot read the photo folder {path}: {os_error_cause(exc)}") from None
+            known = self._folders[path] = (str(path.resolve()), present)
             if len(self._folders) > _LISTED_FOLDERS:
                 # Bounded memory for runs over many folders. Forgetting is safe: a folder seen
                 # again is listed again, and then also shows the files this run wrote there.
@@ -174,9 +279,9 @@ async def _process(run: _Run, fetcher: Fetcher, task: PhotoTask, transport: http
     previous = run.previous.lookup(photo_id)
     existing = find_existing(folder, photo_id, previous[0] if previous else None) if photo_id in present else None
     if existing is not None:
-        path, _, size = existing
+        path, _, size, width, height = existing
         return ManifestRow(photo_id, task.url, path, CACHED, None, size, previous[1] if previous else None,
-                           None, 0, None, time.monotonic() - started)
+                           None, 0, None, time.monotonic() - started, width, height)
     result = await fetcher.fetch(task.url, transport)
     if result.status != OK or result.body is None:
         return ManifestRow(photo_id, result.url, None, result.status, result.http_status, None, None,
@@ -188,16 +293,26 @@ async def _process(run: _Run, fetcher: Fetcher, task: PhotoTask, transport: http
     # (GIL hand-offs cost more than they saved) and a helper process fed through a pipe (copying
     # and context switches). DownloadConfig.processes is the way to use more cores.
     digest = _store(path, body)
+    present.add(photo_id)  # a repeat of this id that the input screen could not see finds the file
     run.downloaded_bytes += len(body)
     return ManifestRow(photo_id, result.url, path, OK, 200, len(body), digest,
-                       result.content_type, result.attempts, None, time.monotonic() - started)
+                       result.content_type, result.attempts, None, time.monotonic() - started,
+                       result.width, result.height)
 
 
 def _store(path: str, body: bytes) -> str:
     # Temporary name then rename: a crash never leaves a partial file under the final name. No
     # fsync: after a power loss a file may be empty or short, and a rerun's magic-byte and size
     # checks catch that and fetch it again.
-    atomic_write_bytes(Path(path), body)
+    try:
+        try:
+            atomic_write_bytes(Path(path), body)
+        except FileNotFoundError:
+            # Another run that shares this photo folder (each dataset has its own manifest and lock)
+            # removed our temporary file as stale when it first used the folder: write it again.
+            atomic_write_bytes(Path(path), body)
+    except OSError as exc:  # a full disk, a folder that cannot be created: every later write fails too
+        raise StorageError(f"cannot write {path}: {os_error_cause(exc)}") from None
     return hashlib.sha256(body).hexdigest()
 
 
@@ -230,28 +345,15 @@ def _emit(run: _Run, on_progress: Callable[[Progress], None]) -> None:
         log.exception("on_progress failed")
 
 
-async def _download(
-    tasks: Iterable[PhotoTask],
-    dest_dir: DestDir,
-    manifest_path: Path,
-    config: DownloadConfig,
-    previous_manifest: Path | None,
-    on_progress: Callable[[Progress], None] | None,
-    progress_interval: float,
-    total: int | None,
-    top_errors: int = 10,
-    clean_parts: bool = True,
-) -> DownloadSummary:
-    previous = PreviousManifest.load(previous_manifest)
-    remove_stale_manifest_parts(manifest_path)
-    if total is None and hasattr(tasks, "__len__"):
-        total = len(tasks)  # type: ignore[arg-type]
-    with ManifestWriter(manifest_path) as writer:
-        run = _Run(config, dest_dir, previous, writer, total, clean_parts=clean_parts)
-        fetcher = Fetcher(config, note=run.set_note)
-        iterator = iter(tasks)
-        reporter = asyncio.create_task(_report(run, on_progress, progress_interval)) if on_progress else None
-        workers = [asyncio.create_task(_worker(run, fetcher, iterator)) for _ in range(config.concurrency)]
+async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool) -> tuple[_Run, float]:
+    previous = PreviousManifest.load(job.previous_manifest)
+    with ManifestWriter(job.manifest_path) as writer:
+        run = _Run(job.config, job.dest_dir, previous, writer, job.expected_total(), clean_parts=clean_parts)
+        fetcher = Fetcher(job.config, note=run.set_note)
+        iterator = iter(job.tasks)
+        reporter = (asyncio.create_task(_report(run, on_progress, job.progress_interval))
+                    if on_progress else None)
+        workers = [asyncio.create_task(_worker(run, fetcher, iterator)) for _ in range(job.config.concurrency)]
         try:
             await asyncio.gather(*workers)
         finally:
@@ -263,58 +365,34 @@ async def _download(
     seconds = time.monotonic() - run.started
     if on_progress:
         _emit(run, on_progress)
-    return DownloadSummary.from_counts(
-        run.counts, run.downloaded_bytes, seconds, run.errors.most_common(top_errors), manifest_path
-    )
+    return run, seconds
 
 
-def run_download(
-    tasks: Iterable[PhotoTask],
-    dest_dir: DestDir,
-    manifest_path: Path,
-    config: DownloadConfig | None = None,
-    *,
-    previous_manifest: Path | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    progress_interval: float = 5.0,
-    total: int | None = None,
-) -> DownloadSummary:
-    """Download every task's photo to ``dest_dir`` and write one manifest row per task.
+def run_loop(job: DownloadJob, on_progress: ProgressCallback | None = None, *, clean_parts: bool = True,
+             top_errors: int = 10, screen: InputScreen | None = None) -> DownloadSummary:
+    """Run ``job`` on one event loop, as is: no lock, no input screen (callers see to both).
 
-    ``tasks`` is consumed lazily, at most ``config.concurrency`` at a time. ``dest_dir`` is a folder
-    or a function from photo id to folder (e.g. batch folders). Files are named
-    ``<photo_id>.<ext>`` with the extension taken from the bytes. A photo already on disk and valid
-    is not fetched again (status "cached"); ``previous_manifest`` adds a size check for those.
-    The manifest appears at ``manifest_path`` only when every task has settled. ``total`` (or
-    ``len(tasks)``) only feeds the progress ETA. Blocks until done; safe to call from a thread that
-    runs an event loop (it then runs in a thread of its own).
+    Blocks until done; safe to call from a thread that runs an event loop (it then runs in a thread
+    of its own). Worker processes call this with ``clean_parts=False`` (their parent cleans).
     """
-    config = config or DownloadConfig()
-    if config.processes > 1:
-        from inat_assets.download.processes import run_in_processes
-
-        return run_in_processes(tasks, dest_dir, manifest_path, config, previous_manifest, on_progress,
-                                progress_interval, total)
-    return _run_sync(tasks, dest_dir, manifest_path, config, previous_manifest, on_progress, progress_interval, total)
-
-
-def _run_sync(
-    tasks: Iterable[PhotoTask],
-    dest_dir: DestDir,
-    manifest_path: Path,
-    config: DownloadConfig,
-    previous_manifest: Path | None,
-    on_progress: Callable[[Progress], None] | None,
-    progress_interval: float,
-    total: int | None,
-    top_errors: int = 10,
-    clean_parts: bool = True,
-) -> DownloadSummary:
-    coro = _download(tasks, dest_dir, manifest_path, config, previous_manifest, on_progress, progress_interval,
-                     total, top_errors, clean_parts)
+    coro = _download(job, on_progress, clean_parts)
     try:
         asyncio.get_running_loop()
+        in_event_loop = True
     except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1, thread_name_prefix="inat-download") as pool:
-        return pool.submit(asyncio.run, coro).result()
+        in_event_loop = False
+    # Outside the except block: an engine error must not arrive chained to "no running event loop".
+    if in_event_loop:
+        with ThreadPoolExecutor(1, thread_name_prefix="inat-download") as pool:
+            run, seconds = pool.submit(asyncio.run, coro).result()
+    else:
+        run, seconds = asyncio.run(coro)
+    return DownloadSummary.from_counts(run.counts, run.downloaded_bytes, seconds,
+                                       run.errors.most_common(top_errors), job.manifest_path, screen)
+
+
+def run_in_process(job: DownloadJob, on_progress: ProgressCallback | None = None) -> DownloadSummary:
+    """The in-process runner (``config.processes == 1``); ``runner.run`` calls it under the job's lock."""
+    screen = InputScreen()
+    job = replace(job, tasks=screen(job.tasks), total=job.expected_total())
+    return run_loop(job, on_progress, screen=screen)

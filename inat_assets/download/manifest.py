@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inat_assets.download.config import CACHED, OK
+from inat_assets.errors import StorageError
 from inat_assets.storage import atomic_path
+
+log = logging.getLogger("inat_assets.download")
+
+
+def os_error_cause(exc: OSError) -> str:
+    """The cause of a failed file operation in a few words ("No space left on device"), also for
+    pyarrow's OSErrors, which carry an errno but bury it in a longer message."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -28,6 +42,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("attempts", pa.int32(), nullable=False),  # requests made (0 for cached)
         pa.field("error", pa.string()),  # why it failed; null when ok/cached
         pa.field("seconds", pa.float64(), nullable=False),  # wall time spent on this photo
+        # Pixels, from the image's header (files.check_image); null unless ok/cached.
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
     ]
 )
 
@@ -47,13 +64,17 @@ class ManifestRow:
     attempts: int
     error: str | None
     seconds: float
+    width: int | None = None
+    height: int | None = None
 
 
 class ManifestWriter:
     """Buffers rows and writes a row group every 8,192 rows to a temporary file; ``close`` renames it.
 
-    Leaving the ``with`` block through an exception removes the temporary file: a manifest exists
-    under its final name only for a run that settled every photo.
+    The rename happens only when every write, the last flush and the close succeeded. Anything
+    else (an exception in the ``with`` block, a full disk at the last flush, a value the schema
+    cannot hold) removes the temporary file and leaves the previous manifest as it was. Disk
+    errors are raised as ``StorageError`` naming the manifest.
     """
 
     def __init__(self, final: Path) -> None:
@@ -63,12 +84,19 @@ class ManifestWriter:
         self._writer: pq.ParquetWriter | None = None
 
     def __enter__(self) -> ManifestWriter:
-        tmp = self._stack.enter_context(atomic_path(self.final))
-        self._writer = pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd")
+        try:
+            tmp = self._stack.enter_context(atomic_path(self.final))
+            self._writer = pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd")
+        except OSError as exc:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary file
+            raise self._storage_error(exc) from None
         # pyarrow imports pandas (~0.3 s) on its first conversion of Python objects; do it now
         # rather than at the first flush, where it would stall every download in flight.
         pa.array([0], pa.int64())
         return self
+
+    def _storage_error(self, exc: OSError) -> StorageError:
+        return StorageError(f"cannot write the manifest {self.final}: {os_error_cause(exc)}")
 
     def add(self, row: ManifestRow) -> None:
         for column, value in zip(self._columns, (getattr(row, f) for f in ManifestRow.__slots__), strict=True):
@@ -80,25 +108,78 @@ class ManifestWriter:
         """Append rows that are already a record batch of MANIFEST_SCHEMA (merging part manifests)."""
         self.flush()
         if self._writer is not None:
-            self._writer.write_batch(batch)
+            try:
+                self._writer.write_batch(batch)
+            except OSError as exc:
+                raise self._storage_error(exc) from None
 
     def flush(self) -> None:
         if not self._columns[0] or self._writer is None:
             return
         arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, MANIFEST_SCHEMA, strict=True)]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=MANIFEST_SCHEMA))
         self._columns = [[] for _ in MANIFEST_SCHEMA]
+        try:
+            self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=MANIFEST_SCHEMA))
+        except OSError as exc:
+            raise self._storage_error(exc) from None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        failure: BaseException | None = None
         try:
             if exc_type is None:
                 self.flush()
+        except BaseException as error:
+            failure = error
+        try:
             if self._writer is not None:
                 self._writer.close()
-        finally:
-            self._stack.__exit__(exc_type, exc, tb)
+        except BaseException as error:
+            failure = failure or error
+        self._writer = None
+        if failure is None:
+            try:
+                self._stack.__exit__(exc_type, exc, tb)  # renames into place, or removes after an error
+            except OSError as error:
+                raise self._storage_error(error) from None
+            return
+        # The run went well but the manifest could not be completed (a full disk at the last flush,
+        # a value out of range): remove the temporary file and keep the previous manifest.
+        self._stack.__exit__(type(failure), failure, failure.__traceback__)
+        if isinstance(failure, OSError):
+            raise self._storage_error(failure) from None
+        raise failure
+
+
+def set_aside_if_unreadable(path: Path) -> str | None:
+    """Rename a manifest that is not readable Parquet with its columns to
+    ``<name>.corrupt-<timestamp>.parquet`` and return a warning that says so; None if it is fine.
+
+    Only the footer is read (cheap for a 150M-row manifest): what a killed copy, a truncated
+    file or a foreign file leaves. Without this, every later run would crash on it.
+    """
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, PermissionError):
+            raise StorageError(f"cannot read the manifest {path}: {os_error_cause(exc)}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    else:
+        missing = {"photo_id", "status", "bytes", "sha256"} - set(schema.names)
+        if not missing:
+            return None
+        reason = f"columns missing: {', '.join(sorted(missing))}"
+    aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}")
+    try:
+        path.rename(aside)
+    except OSError as exc:
+        raise StorageError(f"the manifest {path} is unreadable ({reason}) and could not be moved aside: "
+                           f"{os_error_cause(exc)}; move or delete it") from None
+    return (f"the previous manifest {path} was unreadable ({reason}); moved it to {aside.name} and "
+            "started a new one (photos on disk are still checked and kept)")
 
 
 class PreviousManifest:
@@ -120,7 +201,11 @@ class PreviousManifest:
     def load(cls, path: Path | None) -> PreviousManifest:
         if path is None or not path.exists():
             return cls.empty()
-        table = pq.read_table(path, columns=["photo_id", "status", "bytes", "sha256"])
+        try:
+            table = pq.read_table(path, columns=["photo_id", "status", "bytes", "sha256"])
+        except (pa.ArrowException, OSError) as exc:
+            raise StorageError(f"cannot read the previous manifest {path}: {exc}; move it aside to start a "
+                               "new one (photos on disk are kept)") from None
         ok = pc.and_(pc.is_in(table["status"], pa.array([OK, CACHED])), pc.is_valid(table["bytes"]))
         table = table.filter(ok)
         table = table.take(pc.sort_indices(table["photo_id"]))

@@ -25,6 +25,7 @@ import socket
 import ssl
 import sys
 import weakref
+import zlib
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -39,7 +40,10 @@ import httpx
 if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
-_READ_PAUSE_BYTES = 1 << 20  # stop reading from the socket while this much is buffered
+# Stop reading from the socket while this much is buffered. Bytes waiting here are outside the
+# body budget below, so this times the concurrency bounds them: 64 connections x (256 KiB + one
+# 256 KiB read) = 32 MiB at most.
+_READ_PAUSE_BYTES = 256 * 1024
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -275,3 +279,103 @@ def make_transport(
             network_backend=AsyncioBackend(),
         )
     return transport
+
+
+# --- Memory bounds for response bodies --------------------------------------------------------
+
+class BodyBudget:
+    """Bytes of response bodies one run may hold in memory at once, across all its requests.
+
+    A response reserves its whole size before reading its body (its Content-Length, or the most a
+    body may be, ``max_bytes``, when the length is unknown or the body is encoded) and the reserving
+    request releases it once the body is written or dropped. Reserving everything up front, while
+    holding nothing, is what makes this deadlock-free: a request never waits while holding part of
+    the budget, so the holders always finish (or hit their deadline) and free it. The price is that
+    bodies of unknown length go budget // max_bytes at a time; iNaturalist's hosts always send a
+    Content-Length. Waiters are served in order, so a large reservation is not starved by small ones.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.available = capacity
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def reserve(self, nbytes: int) -> int:
+        """Wait until ``nbytes`` (at most the capacity) are free and take them; returns the amount."""
+        nbytes = min(nbytes, self.capacity)
+        if not self._waiters and nbytes <= self.available:
+            self.available -= nbytes
+            return nbytes
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(nbytes)  # granted, then cancelled before it could be used
+            else:
+                self._waiters.remove(entry)
+                self._grant()  # the next waiter may fit now that this one left the queue
+            raise
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.available += nbytes
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.available:
+            nbytes, waiter = self._waiters.popleft()
+            self.available -= nbytes
+            waiter.set_result(None)
+
+
+class BodyTooLarge(Exception):
+    """A decoded body grew past its limit."""
+
+
+class CappedDecoder:
+    """Undoes one gzip or deflate Content-Encoding without ever producing more than ``limit`` + 1 bytes.
+
+    zlib's ``max_length`` bounds each call's output, so a small compressed body cannot inflate to
+    gigabytes in memory before anyone counts it (httpx's own decoders inflate each chunk in full:
+    a 2.4 KB ``gzip, gzip`` body took 2.1 GB). Stacked and other encodings are refused by the
+    caller instead: photos are never sent that way.
+    """
+
+    DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.limit = limit
+        self.produced = 0
+        self._deflate = encoding == "deflate"
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if not self._deflate else zlib.MAX_WBITS)
+        self._started = False
+
+    def decode(self, data: bytes) -> bytes:
+        """Decoded bytes for this chunk; raises BodyTooLarge past the limit, zlib.error on bad data."""
+        try:
+            out = self._zlib.decompress(data, self.limit + 1 - self.produced)
+        except zlib.error:
+            if not (self._deflate and not self._started):
+                raise
+            # "deflate" is meant to be zlib-wrapped, but some servers send raw deflate.
+            self._deflate = False
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._zlib.decompress(data, self.limit + 1 - self.produced)
+        self._started = True
+        self.produced += len(out)
+        if self.produced > self.limit or self._zlib.unconsumed_tail:
+            raise BodyTooLarge
+        return out
+
+    def finish(self) -> bytes:
+        """The last decoded bytes; raises EOFError if the compressed stream is incomplete."""
+        out = self._zlib.flush()
+        self.produced += len(out)
+        if self.produced > self.limit:
+            raise BodyTooLarge
+        if not self._zlib.eof:
+            raise EOFError
+        return out

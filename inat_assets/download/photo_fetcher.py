@@ -8,13 +8,23 @@ import logging
 import random
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from inat_assets.download.config import FAILED_PERMANENT, FAILED_TRANSIENT, OK, DownloadConfig
-from inat_assets.download.files import describe_non_image, sniff_image
+from inat_assets.download.config import (
+    ANY_PORT,
+    FAILED_PERMANENT,
+    FAILED_TRANSIENT,
+    MB,
+    OK,
+    DownloadConfig,
+    parse_allowed_host,
+)
+from inat_assets.download.files import ImageInfo, check_image, describe_non_image, sniff_image
+from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.politeness import HostGate, HostGates, WaitNote
 
 log = logging.getLogger("inat_assets.download")
@@ -25,10 +35,24 @@ _TRANSIENT_STATUSES = frozenset({408, 425, 429})  # plus every 5xx
 _PHOTO_PATH = re.compile(r"(?:^|/)photos/\d+/[A-Za-z_]+\.[A-Za-z0-9]+$")
 _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the connection reusable
 _SNIFF_BYTES = 16
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# The run's BodyBudget: 3 MB per request in flight (a large original is about 2 MB), at most
+# 192 MB, never less than one body of max_bytes. With 64 requests that is 192 MB, which with the
+# interpreter and libraries (about 130 MB) and socket buffers (network.py) keeps a run under
+# 500 MB whatever the servers send. Each worker process gets its share (its concurrency is 1/N).
+_BUDGET_PER_REQUEST = 3 * MB
+_BUDGET_MAX = 192 * MB
 
 
 @dataclass(slots=True)
 class FetchResult:
+    """How one photo's fetch ended.
+
+    ``url`` is the last URL requested: after redirects, where the bytes came from. ``body`` no
+    longer counts against the run's BodyBudget once ``fetch`` returns: write or drop it before
+    the next ``await`` (the engine writes it inline), or bodies can pile up beyond the budget.
+    """
+
     status: str  # OK, FAILED_PERMANENT or FAILED_TRANSIENT
     url: str
     http_status: int | None = None
@@ -37,6 +61,8 @@ class FetchResult:
     content_type: str | None = None
     attempts: int = 0
     error: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(slots=True)
@@ -47,11 +73,13 @@ class _Hop:
     http_status: int | None = None
     error: str | None = None
     body: bytes | None = None
-    ext: str | None = None
+    image: ImageInfo | None = None
     content_type: str | None = None
     location: str | None = None
     retry_after: float | None = None
     host: str = ""
+    url: str = ""  # the URL this hop requested
+    reserved: int = 0  # bytes of the BodyBudget this hop's body holds
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -76,14 +104,53 @@ def host_not_allowed(host: str) -> str:
     return f"host not allowed: {host}; allow it with --allow-host or INAT_ALLOWED_HOSTS"
 
 
+class HostAllowlist:
+    """Which host and port a URL may reach.
+
+    Entries: ``host`` allows that host on its scheme's default port (80 for http, 443 for https);
+    ``host:port`` only that port; ``host:*`` any port (a local mirror on a random port, the tests).
+    IPv6 addresses go in brackets (``[::1]:8080``). Ports matter because one host runs more than
+    one service: allowing a photo host must not let a redirect reach its port 22 or 6379.
+    """
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.default_port: set[str] = set()
+        self.any_port: set[str] = set()
+        self.ports: set[tuple[str, int]] = set()
+        for entry in entries:
+            host, port = parse_allowed_host(entry)
+            if port is None:
+                self.default_port.add(host)
+            elif port == ANY_PORT:
+                self.any_port.add(host)
+            else:
+                self.ports.add((host, port))
+
+    def allows(self, scheme: str, host: str, port: int | None) -> bool:
+        default = _DEFAULT_PORTS[scheme]
+        effective = default if port is None else port
+        return (
+            host in self.any_port
+            or (host, effective) in self.ports
+            or (effective == default and host in self.default_port)
+        )
+
+    @staticmethod
+    def describe(scheme: str, host: str, port: int | None) -> str:
+        """``host`` or ``host:port`` as an allowlist entry that would allow it."""
+        name = f"[{host}]" if ":" in host else host
+        return name if port is None or port == _DEFAULT_PORTS[scheme] else f"{name}:{port}"
+
+
 class Fetcher:
     """Fetches photos over transports the caller owns (one per worker, see network.py)."""
 
     def __init__(self, config: DownloadConfig, note: WaitNote | None = None) -> None:
         self.config = config
-        self.allowed = frozenset(config.allowed_hosts)
+        self.allowed = HostAllowlist(config.allowed_hosts)
         self.note = note
         self.gates = HostGates()  # this run's per-host pacing, budgets and pauses
+        self.budget = BodyBudget(max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST)))
         self.headers = [
             ("User-Agent", config.user_agent),
             ("Accept", "image/*,*/*;q=0.5"),
@@ -103,25 +170,27 @@ class Fetcher:
         try:
             parts = urlsplit(url)
             host = parts.hostname or ""
-            parts.port  # noqa: B018 -- raises ValueError for a malformed port
+            port = parts.port  # raises ValueError for a malformed port
         except ValueError:
             return "", "invalid URL"
-        if parts.scheme.lower() not in ("http", "https"):
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
             return "", f"unsupported URL scheme {parts.scheme or 'none'!r}: only http and https"
         if not host:
             return "", "URL has no host"
-        if host not in self.allowed:
-            return "", host_not_allowed(host)
+        if not self.allowed.allows(scheme, host, port):
+            return "", host_not_allowed(self.allowed.describe(scheme, host, port))
         return host, None
 
     def other_host_url(self, url: str) -> str | None:
         """The same photos/<id>/<size>.<ext> path on the paired host, if it is allowed."""
         parts = urlsplit(url)
         other = self.config.other_hosts.get(parts.hostname or "")
-        if not other or other not in self.allowed or not _PHOTO_PATH.search(parts.path):
+        if not other or not _PHOTO_PATH.search(parts.path):
             return None
         netloc = other if parts.port is None else f"{other}:{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        candidate = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        return candidate if self.check_url(candidate)[1] is None else None
 
     def backoff(self, retry: int, retry_after: float | None) -> float:
         """Delay before retry number ``retry`` (1-based): Retry-After if given, else exponential."""
@@ -142,8 +211,14 @@ class Fetcher:
         while True:
             attempts += 1
             hop = await self._follow(url, host, transport)
-            if hop.kind == "ok":
-                return FetchResult(OK, url, 200, hop.body, hop.ext, hop.content_type, attempts)
+            if hop.reserved:
+                # Handing the body over ends its reservation: the caller writes it before its next
+                # await (see FetchResult), so no other request can take the budget in between.
+                self.budget.release(hop.reserved)
+            if hop.kind == "ok" and hop.image is not None:
+                image = hop.image
+                return FetchResult(OK, hop.url, 200, hop.body, image.ext, hop.content_type, attempts,
+                                   width=image.width, height=image.height)
             if hop.kind == "permanent":
                 if hop.http_status in (403, 404) and first_error is None and self.config.try_other_host:
                     other = self.other_host_url(url)
@@ -152,13 +227,13 @@ class Fetcher:
                         host = urlsplit(other).hostname or ""
                         continue
                 return FetchResult(
-                    FAILED_PERMANENT, url, hop.http_status, content_type=hop.content_type,
+                    FAILED_PERMANENT, hop.url or url, hop.http_status, content_type=hop.content_type,
                     attempts=attempts, error=self._with_first(first_error, hop.error),
                 )
             retries += 1
             if retries > self.config.retries:
                 return FetchResult(
-                    FAILED_TRANSIENT, url, hop.http_status, content_type=hop.content_type,
+                    FAILED_TRANSIENT, hop.url or url, hop.http_status, content_type=hop.content_type,
                     attempts=attempts, error=self._with_first(first_error, hop.error),
                 )
             delay = self.backoff(retries, hop.retry_after)
@@ -177,14 +252,16 @@ class Fetcher:
         """One attempt: the request and its redirects, each hop checked against the allowlist."""
         for _ in range(self.config.max_redirects + 1):
             hop = await self._request(url, host, transport)
-            hop.host = host
+            hop.host, hop.url = host, url
             if hop.kind != "redirect":
                 return hop
-            url = urljoin(url, hop.location or "")
-            host, error = self.check_url(url)
+            target = urljoin(url, hop.location or "")
+            target_host, error = self.check_url(target)
             if error:
-                return _Hop("permanent", hop.http_status, f"redirect refused: {error}", host=host)
-        return _Hop("permanent", None, f"too many redirects (more than {self.config.max_redirects})", host=host)
+                return _Hop("permanent", hop.http_status, f"redirect refused: {error}", host=host, url=url)
+            url, host = target, target_host
+        return _Hop("permanent", None, f"too many redirects (more than {self.config.max_redirects})",
+                    host=host, url=url)
 
     async def _request(self, url: str, host: str, transport: httpx.AsyncBaseTransport) -> _Hop:
         gate = self.gates.for_host(host)
@@ -193,15 +270,22 @@ class Fetcher:
             request = httpx.Request("GET", url, headers=self.headers, extensions={"timeout": self.timeouts})
         except (httpx.InvalidURL, ValueError):
             return _Hop("permanent", error="invalid URL")
+        hop: _Hop | None = None
         try:
-            # Every network wait sits under this deadline, whatever the server does (trickling
-            # bytes just fast enough to dodge the read timeout included).
-            async with asyncio.timeout(self.config.request_deadline):
-                response = await transport.handle_async_request(request)
-                try:
-                    return await self._read(response, gate)
-                finally:
-                    await response.aclose()
+            try:
+                # Every network wait sits under this deadline, whatever the server does (trickling
+                # bytes just fast enough to dodge the read timeout included).
+                async with asyncio.timeout(self.config.request_deadline):
+                    response = await transport.handle_async_request(request)
+                    try:
+                        hop = await self._read(response, gate)
+                    finally:
+                        await response.aclose()
+                return hop
+            except BaseException:
+                if hop is not None and hop.reserved:  # a body read, then closing the response failed
+                    self.budget.release(hop.reserved)
+                raise
         except TimeoutError:
             return _Hop("transient", error=f"request deadline exceeded ({self.config.request_deadline:g} s)")
         except httpx.TimeoutException as exc:
@@ -214,8 +298,6 @@ class Fetcher:
             return _Hop("transient", error=f"RemoteProtocolError: {exc}")
         except httpx.TransportError as exc:
             return _Hop("transient", error=f"{type(exc).__name__}: {exc}".rstrip(": "))
-        except httpx.DecodingError:
-            return _Hop("permanent", error="body could not be decoded (bad Content-Encoding)")
         except Exception as exc:
             # Anything else (an exception type httpx/httpcore do not map, say) must not end the
             # whole run: count it as transient, so it is retried a bounded number of times.
@@ -244,30 +326,84 @@ class Fetcher:
         if length is not None and length > max_bytes:
             return _Hop("permanent", status, f"too large: Content-Length over max_bytes ({max_bytes})",
                         content_type=ctype)
-        encoded = headers.get("content-encoding", "identity").lower() not in ("identity", "")
-        # aiter_raw hands over the bytes as sent; only a server that ignored our Accept-Encoding
-        # needs decoding (and then Content-Length counts the encoded bytes).
-        stream = response.aiter_bytes() if encoded else response.aiter_raw()
+        encoding = headers.get("content-encoding", "")
+        codings = [c for c in (c.strip().lower() for c in encoding.split(",")) if c and c != "identity"]
+        decoder: CappedDecoder | None = None
+        if codings:
+            # We asked for identity; a server that compresses anyway gets one gzip or deflate
+            # layer undone under the size cap. Stacked layers are how compression bombs are made,
+            # and no photo host sends them: refused, as is any coding we cannot cap (br, zstd).
+            if len(codings) > 1:
+                return _Hop("permanent", status, f"unsupported Content-Encoding {encoding[:40]!r} "
+                            "(stacked encodings are refused)", content_type=ctype)
+            if codings[0] not in CappedDecoder.DECODABLE:
+                return _Hop("permanent", status, f"unsupported Content-Encoding {encoding[:40]!r} "
+                            "(only gzip and deflate are decoded)", content_type=ctype)
+            decoder = CappedDecoder(codings[0], max_bytes)
+        # The body's room in the run's memory budget, taken whole before reading (see BodyBudget).
+        reserved = await self.budget.reserve(length if length is not None and decoder is None else max_bytes)
+        try:
+            hop = await self._read_body(response, gate, decoder, length, ctype)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        if hop.kind == "ok":
+            hop.reserved = reserved
+        else:
+            self.budget.release(reserved)
+        return hop
+
+    async def _read_body(self, response: httpx.Response, gate: HostGate, decoder: CappedDecoder | None,
+                         length: int | None, ctype: str | None) -> _Hop:
+        status, max_bytes = response.status_code, self.config.max_bytes
+        too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
         received = 0
-        async for chunk in stream:
+        # aiter_raw hands over the bytes as sent (httpx's own decoders inflate without a cap).
+        async for raw in response.aiter_raw():
+            if decoder is None:
+                chunk = raw
+            else:
+                try:
+                    chunk = decoder.decode(raw)
+                except BodyTooLarge:
+                    gate.record(response.num_bytes_downloaded)
+                    return too_large
+                except zlib.error:
+                    gate.record(response.num_bytes_downloaded)
+                    return _Hop("permanent", status, "body could not be decoded (bad Content-Encoding)",
+                                content_type=ctype)
+                if not chunk:
+                    continue
             received += len(chunk)
             if received > max_bytes:
                 gate.record(response.num_bytes_downloaded)
-                return _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
+                return too_large
             chunks.append(chunk)
             if len(chunks) == 1 and len(chunk) >= _SNIFF_BYTES and sniff_image(chunk) is None:
                 gate.record(response.num_bytes_downloaded)  # no point reading the rest of an error page
                 return _Hop("permanent", status, describe_non_image(chunk, ctype), content_type=ctype)
         gate.record(response.num_bytes_downloaded)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        sent = response.num_bytes_downloaded if encoded else received
-        if length is not None and sent != length:
+        if length is not None and response.num_bytes_downloaded != length:
             return _Hop("transient", status, "truncated body (shorter than Content-Length)", content_type=ctype)
-        ext = sniff_image(body[:_SNIFF_BYTES])
-        if ext is None:
+        if decoder is not None:
+            try:
+                chunks.append(decoder.finish())
+            except BodyTooLarge:
+                return too_large
+            except (EOFError, zlib.error):
+                return _Hop("transient", status, "truncated body (compressed stream incomplete)", content_type=ctype)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        image = check_image(body)
+        if image is None:
             return _Hop("permanent", status, describe_non_image(body, ctype), content_type=ctype)
-        return _Hop("ok", status, body=body, ext=ext, content_type=ctype)
+        if isinstance(image, ImageInfo):
+            return _Hop("ok", status, body=body, image=image, content_type=ctype)
+        # Bytes that end too early are what a cut connection leaves when the server sent no
+        # Content-Length (and what a server's own damaged file looks like): transient, so it is
+        # retried and, if it stays broken, retried again by the next run instead of being given up
+        # on. Malformed bytes (a valid signature, then garbage) will not change on a retry.
+        return _Hop("transient" if image.truncated else "permanent", status, image.reason, content_type=ctype)
 
     @staticmethod
     async def _drain(response: httpx.Response, gate: HostGate) -> None:

@@ -1,4 +1,4 @@
-"""Running the engine in several worker processes (``DownloadConfig.processes > 1``).
+"""The multi-process runner (``DownloadConfig.processes > 1``): ``run_in_processes(job, on_progress)``.
 
 One event loop tops out at one core: HTTP parsing (h11), the atomic file writes and hashing all
 hold the GIL for part of their time. With N processes the parent only reads the input and hands
@@ -8,18 +8,23 @@ the parts into the final manifest at the end. Memory stays bounded: at most a fe
 process are ever queued.
 
 Per-host limits are divided by N, since each child keeps its own budget counters.
+
+Children die with their parent: each watches its parent's pid and leaves within a second or so of
+the parent's death (a SIGKILLed parent cannot tell them to stop, and they would otherwise wait on
+the task queue forever). The parent's lock on the manifest covers the children's part manifests.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import queue
 import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,13 +40,22 @@ from inat_assets.download.config import (
     HostLimits,
     PhotoTask,
 )
-from inat_assets.download.engine import DownloadSummary, Progress, _run_sync, clean_folder
-from inat_assets.download.files import remove_stale_manifest_parts
+from inat_assets.download.engine import (
+    DownloadJob,
+    DownloadSummary,
+    InputScreen,
+    Progress,
+    ProgressCallback,
+    clean_folder,
+    run_loop,
+)
 from inat_assets.download.manifest import ManifestWriter
+from inat_assets.errors import InatAssetsError
 from inat_assets.photos import BatchFolders  # noqa: F401 -- re-exported: the folder rule lives in inat_assets.photos
 
 _CHUNK = 64  # tasks per queue message: big enough to make pickling cheap, small enough to balance
 _POLL = 0.2
+_ORPHAN_CHECK = 0.5  # seconds between a child's looks at whether its parent still lives
 
 
 def _share(limits: HostLimits, n: int) -> HostLimits:
@@ -64,143 +78,135 @@ def child_config(config: DownloadConfig) -> DownloadConfig:
     )
 
 
-def _child_main(index: int, tasks_q: Any, results_q: Any, dest_dir: Any, part: Path, config: DownloadConfig,
-                previous_manifest: Path | None, interval: float) -> None:
-    def tasks() -> Iterable[PhotoTask]:
-        while True:
-            chunk = tasks_q.get()
-            if chunk is None:
-                return
-            for photo_id, url in chunk:
-                yield PhotoTask(photo_id, url)
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a child: end this process as soon as the parent is gone (its pid is no longer our parent's).
+
+    A thread, not the task queue: a child busy with requests (up to request_deadline each) does not
+    read the queue for a while. os._exit because nobody is left to merge the part manifest; photo
+    files are written atomically, so at most .part files remain, which the next run removes.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_ORPHAN_CHECK)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="inat-download-orphan-watch", daemon=True).start()
+
+
+def _queued_tasks(tasks_q: Any) -> Iterator[PhotoTask]:
+    while (chunk := tasks_q.get()) is not None:
+        for photo_id, url in chunk:
+            yield PhotoTask(photo_id, url)
+
+
+def _child_main(index: int, parent_pid: int, job: DownloadJob, part: Path, tasks_q: Any, results_q: Any) -> None:
+    _exit_with_parent(parent_pid)
 
     def progress(p: Progress) -> None:
         results_q.put(("progress", index, (p.ok, p.failed, p.skipped, p.bytes, p.note)))
 
     try:
-        summary = _run_sync(tasks(), dest_dir, part, config, previous_manifest, progress, interval, None, 100,
-                            clean_parts=False)
+        part_job = replace(job, tasks=_queued_tasks(tasks_q), manifest_path=part)
+        summary = run_loop(part_job, progress, clean_parts=False, top_errors=100)
         results_q.put(("done", index, (summary.counts, summary.bytes, summary.top_errors)))
-    except BaseException:
-        results_q.put(("error", index, traceback.format_exc()))
+    except BaseException as exc:
+        # Our own errors (a full disk, ...) travel as themselves, so the parent raises the same message.
+        error = exc if isinstance(exc, InatAssetsError) else None
+        results_q.put(("error", index, (error, traceback.format_exc())))
         raise
 
 
-def run_in_processes(
-    tasks: Iterable[PhotoTask],
-    dest_dir: Path | Callable[[int], Path],
-    manifest_path: Path,
-    config: DownloadConfig,
-    previous_manifest: Path | None,
-    on_progress: Callable[[Progress], None] | None,
-    progress_interval: float,
-    total: int | None,
-) -> DownloadSummary:
-    try:
-        pickle.dumps(dest_dir)
-    except Exception as exc:
-        raise TypeError(
-            "with processes > 1, dest_dir must be picklable (a Path, or BatchFolders instead of a lambda)"
-        ) from exc
-    n = config.processes
-    remove_stale_manifest_parts(manifest_path)
-    ctx = mp.get_context("spawn")  # fork is unsafe in a process that may run other threads (Dagster)
-    tasks_q = ctx.Queue(maxsize=4 * n)
-    results_q = ctx.Queue()
-    # Named so that a crashed run's parts are removed by remove_stale_manifest_parts next time.
-    parts = [manifest_path.parent / f".{manifest_path.name}.proc{i}.part" for i in range(n)]
-    cfg = child_config(config)
-    children = [
-        ctx.Process(target=_child_main, name=f"inat-download-{i}", daemon=True,
-                    args=(i, tasks_q, results_q, dest_dir, parts[i], cfg, previous_manifest, progress_interval))
-        for i in range(n)
-    ]
-    started = time.monotonic()
-    for child in children:
-        child.start()
+class _Feeder(threading.Thread):
+    """Reads the input in the parent (screened for bad and repeated ids) and queues it in chunks.
 
-    stop = threading.Event()
-    feed_error: list[BaseException] = []
+    Stale .part files are removed here, once per folder, before any task for that folder is handed
+    out: a child doing it could delete another child's live files.
+    """
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, job: DownloadJob, screen: InputScreen, tasks_q: Any, children: int) -> None:
+        super().__init__(name="inat-download-feed", daemon=True)
+        self.job, self.screen, self.tasks_q, self.children = job, screen, tasks_q, children
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def put(self, item: Any) -> bool:
+        while not self.stop.is_set():
             try:
-                tasks_q.put(item, timeout=_POLL)
+                self.tasks_q.put(item, timeout=_POLL)
                 return True
             except queue.Full:
                 continue
         return False
 
-    cleaned: set[Path] = set()
-
-    def feed() -> None:
+    def run(self) -> None:
+        dest, cleaned = self.job.dest_dir, set()
         try:
             chunk: list[tuple[int, str]] = []
-            for task in tasks:
-                photo_id = int(task.photo_id)
-                # Stale .part files are removed here, once per folder, before any task for that
-                # folder is handed out: a child doing it could delete another child's live files.
-                folder = dest_dir(photo_id) if callable(dest_dir) else dest_dir
+            for task in self.screen(self.job.tasks):
+                folder = dest(task.photo_id) if callable(dest) else dest
                 if folder not in cleaned:
                     cleaned.add(folder)
                     if folder.is_dir():
                         clean_folder(folder)
-                chunk.append((photo_id, task.url))
+                chunk.append((task.photo_id, task.url))
                 if len(chunk) >= _CHUNK:
-                    if not put(chunk):
+                    if not self.put(chunk):
                         return
                     chunk = []
             if chunk:
-                put(chunk)
+                self.put(chunk)
         except BaseException as exc:  # handed to the main thread, which raises it
-            feed_error.append(exc)
+            self.error = exc
         finally:
-            for _ in range(n):
-                put(None)
+            for _ in range(self.children):
+                self.put(None)
 
-    feeder = threading.Thread(target=feed, name="inat-download-feed", daemon=True)
-    feeder.start()
 
-    latest: dict[int, tuple[Any, ...]] = {}
-    finished: dict[int, tuple[Any, ...]] = {}
-    errors: list[str] = []
-    last_report = time.monotonic()
+def run_in_processes(job: DownloadJob, on_progress: ProgressCallback | None = None) -> DownloadSummary:
+    """The multi-process runner; ``runner.run`` calls it under the job's lock."""
+    child_job = replace(job.without_tasks(), config=child_config(job.config), total=None)
     try:
-        while len(finished) < n and not errors:
-            try:
-                kind, index, payload = results_q.get(timeout=_POLL)
-            except queue.Empty:
-                if any(c.exitcode not in (None, 0) for c in children) and results_q.empty():
-                    errors.append("a download process died: " + ", ".join(
-                        f"{c.name} exit code {c.exitcode}" for c in children if c.exitcode not in (None, 0)))
-                kind = ""
-            if kind == "progress":
-                latest[index] = payload
-            elif kind == "done":
-                finished[index] = payload
-            elif kind == "error":
-                errors.append(payload)
-            if on_progress and time.monotonic() - last_report >= progress_interval:
-                last_report = time.monotonic()
-                on_progress(_progress(latest, finished, started, total))
-        if errors or feed_error:
-            raise feed_error[0] if feed_error else RuntimeError("download process failed:\n" + errors[0])
+        pickle.dumps(child_job)
+    except Exception as exc:
+        raise TypeError(
+            "with processes > 1, dest_dir must be picklable (a Path, or BatchFolders instead of a lambda)"
+        ) from exc
+    n = job.config.processes
+    total = job.expected_total()
+    ctx = mp.get_context("spawn")  # fork is unsafe in a process that may run other threads (Dagster)
+    tasks_q = ctx.Queue(maxsize=4 * n)
+    results_q = ctx.Queue()
+    # Named so that a crashed run's parts are removed by remove_stale_manifest_parts next time.
+    parts = [job.manifest_path.parent / f".{job.manifest_path.name}.proc{i}.part" for i in range(n)]
+    children = [
+        ctx.Process(target=_child_main, name=f"inat-download-{i}", daemon=True,
+                    args=(i, os.getpid(), child_job, parts[i], tasks_q, results_q))
+        for i in range(n)
+    ]
+    screen = InputScreen()
+    feeder = _Feeder(job, screen, tasks_q, n)
+    started = time.monotonic()
+    try:
+        for child in children:
+            child.start()
+        feeder.start()
+        finished = _collect(children, results_q, feeder, on_progress, job.progress_interval, started, total)
         for child in children:
             child.join()
-        with ManifestWriter(manifest_path) as writer:  # merge the parts, one row group at a time
+        with ManifestWriter(job.manifest_path) as writer:  # merge the parts, one row group at a time
             for part in parts:
                 for batch in pq.ParquetFile(part).iter_batches():
                     writer.write_batch(batch)
     finally:
-        stop.set()
+        feeder.stop.set()
         for child in children:
             if child.is_alive():
                 child.terminate()
-            child.join(5)
+            if child.pid is not None:
+                child.join(5)
         for part in parts:
             part.unlink(missing_ok=True)
 
-    seconds = time.monotonic() - started
     counts: Counter[str] = Counter()
     errors_by_reason: Counter[str] = Counter()
     downloaded = 0
@@ -210,7 +216,42 @@ def run_in_processes(
         errors_by_reason.update(dict(child_errors))
     if on_progress:
         on_progress(_progress({}, finished, started, total))
-    return DownloadSummary.from_counts(counts, downloaded, seconds, errors_by_reason.most_common(10), manifest_path)
+    return DownloadSummary.from_counts(counts, downloaded, time.monotonic() - started,
+                                       errors_by_reason.most_common(10), job.manifest_path, screen)
+
+
+def _collect(children: list[Any], results_q: Any, feeder: _Feeder, on_progress: ProgressCallback | None,
+             interval: float, started: float, total: int | None) -> dict[int, tuple[Any, ...]]:
+    """Wait for every child's result, reporting progress; raise the first failure (child or input)."""
+    latest: dict[int, tuple[Any, ...]] = {}
+    finished: dict[int, tuple[Any, ...]] = {}
+    last_report = time.monotonic()
+    while len(finished) < len(children):
+        try:
+            kind, index, payload = results_q.get(timeout=_POLL)
+        except queue.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead and results_q.empty():
+                raise RuntimeError("a download process died: " + ", ".join(
+                    f"{c.name} exit code {c.exitcode}" for c in dead)) from None
+            kind = ""
+        if feeder.error is not None:
+            raise feeder.error
+        if kind == "progress":
+            latest[index] = payload
+        elif kind == "done":
+            finished[index] = payload
+        elif kind == "error":
+            error, trace = payload
+            if error is not None:
+                raise error
+            raise RuntimeError("download process failed:\n" + trace)
+        if on_progress and time.monotonic() - last_report >= interval:
+            last_report = time.monotonic()
+            on_progress(_progress(latest, finished, started, total))
+    if feeder.error is not None:
+        raise feeder.error
+    return finished
 
 
 def _progress(latest: dict[int, tuple[Any, ...]], finished: dict[int, tuple[Any, ...]], started: float,
@@ -233,4 +274,4 @@ def _progress(latest: dict[int, tuple[Any, ...]], finished: dict[int, tuple[Any,
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = max((total - done) / rate, 0.0) if total is not None and rate > 0 else None
     return Progress(done=done, total=total, ok=ok, failed=failed, skipped=skipped, bytes=nbytes,
-                         rate=rate, eta_seconds=eta, elapsed=elapsed, note=notes[0] if notes else None)
+                    rate=rate, eta_seconds=eta, elapsed=elapsed, note=notes[0] if notes else None)

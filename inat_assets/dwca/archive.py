@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 MULTIMEDIA_ROW_TYPE = "http://rs.gbif.org/terms/1.0/Multimedia"
 DEFAULT_MEMBERS: dict[Table, str] = {"observations": "observations.csv", "media": "media.csv"}
 _MAX_HEADER_BYTES = 1 << 20
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 
@@ -42,6 +43,7 @@ class MemberInfo:
     size: int
     compressed_size: int
     meta_xml_columns: int | None  # columns meta.xml declares (highest index + 1), if meta.xml said
+    header_bytes: int = 0  # length of the header line, line end included
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def inspect_archive(path: Path) -> ArchiveInfo:
                     f"{', '.join(sorted(members)) or 'none'}). Is this iNaturalist's research-grade DwC-A?"
                 )
             zinfo = zf.getinfo(name)
-            columns = _read_header(zf, name, path)
+            columns, header_bytes = _read_header(zf, name, path)
             missing = [c for c in REQUIRED_COLUMNS[table] if c not in columns]
             if missing:
                 raise ArchiveError(
@@ -94,7 +96,9 @@ def inspect_archive(path: Path) -> ArchiveInfo:
                     f"meta.xml declares {meta_count} columns for {name} but its header has {len(columns)} "
                     "columns; the header is used."
                 )
-            infos[table] = MemberInfo(table, name, columns, zinfo.file_size, zinfo.compress_size, meta_count)
+            infos[table] = MemberInfo(
+                table, name, columns, zinfo.file_size, zinfo.compress_size, meta_count, header_bytes
+            )
     layout, extra = describe_layout(infos["observations"].columns)
     return ArchiveInfo(
         path=path,
@@ -112,6 +116,10 @@ def _read_meta_xml(zf: zipfile.ZipFile, warnings: list[str]) -> dict[Table, tupl
     """Member names (and declared field counts) from meta.xml; empty if it is absent or unreadable."""
     try:
         root = ElementTree.fromstring(zf.read("meta.xml"))
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise ArchiveError(
+            f"{zf.filename}:meta.xml cannot be read ({exc}); the archive is damaged. Delete it and download it again."
+        ) from exc
     except KeyError:
         warnings.append("meta.xml is missing; using observations.csv and media.csv.")
         return {}
@@ -134,27 +142,49 @@ def _read_meta_xml(zf: zipfile.ZipFile, warnings: list[str]) -> dict[Table, tupl
     return found
 
 
-def _read_header(zf: zipfile.ZipFile, name: str, path: Path) -> tuple[str, ...]:
-    with zf.open(name) as member:
-        line = member.readline(_MAX_HEADER_BYTES)
+def _read_header(zf: zipfile.ZipFile, name: str, path: Path) -> tuple[tuple[str, ...], int]:
+    """The header's column names and the header line's length in bytes (a UTF-8 BOM is dropped)."""
+    try:
+        with zf.open(name) as member:
+            line = member.readline(_MAX_HEADER_BYTES)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+        raise ArchiveError(
+            f"{path}:{name}: the member cannot be read ({exc}). Delete the archive and download it again."
+        ) from exc
     if not line.endswith(b"\n"):
         raise ArchiveError(f"{path}:{name}: no complete header line in the first {_MAX_HEADER_BYTES} bytes.")
+    # A UTF-8 byte order mark (a Windows editor's save) is not part of the first column's name;
+    # DuckDB skips the header line, so only the names read here would carry it.
+    text_bytes = line.removeprefix(_UTF8_BOM)
     try:
-        text = line.decode("utf-8").rstrip("\n").rstrip("\r")
+        text = text_bytes.decode("utf-8").rstrip("\n").rstrip("\r")
     except UnicodeDecodeError as exc:
         raise ArchiveError(f"{path}:{name}: header is not UTF-8 ({exc}).") from exc
     columns = tuple(next(csv.reader(io.StringIO(text))))
-    if len(set(columns)) != len(columns):
-        raise ArchiveError(f"{path}:{name}: duplicate column names in header: {', '.join(columns)}")
-    return columns
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise ArchiveError(
+            f"{path}:{name}: the header names column(s) {', '.join(repr(c) for c in duplicates)} more than "
+            f"once, so their values cannot be told apart. Header: {', '.join(columns)}"
+        )
+    return columns, len(line)
 
 
 def iter_member_bytes(path: Path, name: str, chunk_size: int = 4 << 20) -> Iterator[bytes]:
-    """Yield the inflated bytes of one member, checking length and CRC-32 at the end."""
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(name)
+    """Yield the inflated bytes of one member, checking length and CRC-32 at the end.
+
+    Inflating stops with ArchiveError as soon as more bytes come out than the zip directory
+    declares for the member (a zip bomb, or a damaged directory), so a lying member never fills the
+    disk or memory. Every fault of the archive is an ArchiveError naming archive and member.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(name)
+    except (zipfile.BadZipFile, OSError, KeyError) as exc:
+        raise ArchiveError(f"{path}:{name}: cannot open the member ({exc}). Delete the archive and download it again.") from exc
     if info.compress_type not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
         raise ArchiveError(f"{path}:{name}: unsupported zip compression method {info.compress_type}.")
+    declared = info.file_size
     with open(path, "rb") as fh:
         fh.seek(info.header_offset)
         local = fh.read(30)
@@ -169,25 +199,56 @@ def iter_member_bytes(path: Path, name: str, chunk_size: int = 4 << 20) -> Itera
             if not raw:
                 break
             remaining -= len(raw)
-            try:
-                out = inflater.decompress(raw) if inflater else raw
-            except _inflate_lib.error as exc:
-                raise ArchiveError(
-                    f"{path}:{name} is damaged: the compressed data is invalid after {produced:,} bytes ({exc}). "
-                    "Delete the archive and download it again."
-                ) from exc
-            if out:
-                crc = _inflate_lib.crc32(out, crc)
-                produced += len(out)
-                yield out
+            # max_length caps what one call may produce: one byte past the declared size is enough
+            # to know the member lies, and nothing beyond it is ever held in memory.
+            pieces = _inflate(inflater, raw, declared - produced + 1) if inflater else iter((raw,))
+            while True:
+                try:
+                    piece = next(pieces, None)
+                except _inflate_lib.error as exc:
+                    raise ArchiveError(
+                        f"{path}:{name} is damaged: the compressed data is invalid after {produced:,} bytes "
+                        f"({exc}). Delete the archive and download it again."
+                    ) from exc
+                if piece is None:
+                    break
+                produced += len(piece)
+                if produced > declared:
+                    raise _oversized(path, name, declared)
+                crc = _inflate_lib.crc32(piece, crc)
+                yield piece
         if inflater:
             tail = inflater.flush()
             if tail:
-                crc = _inflate_lib.crc32(tail, crc)
                 produced += len(tail)
+                if produced > declared:
+                    raise _oversized(path, name, declared)
+                crc = _inflate_lib.crc32(tail, crc)
                 yield tail
-    if remaining or produced != info.file_size or crc != info.CRC:
+    if remaining or produced != declared or crc != info.CRC:
         raise ArchiveError(
-            f"{path}:{name} is damaged: inflated {produced:,} of {info.file_size:,} bytes, CRC "
+            f"{path}:{name} is damaged: inflated {produced:,} of {declared:,} bytes, CRC "
             f"{'ok' if crc == info.CRC else 'mismatch'}. Delete the archive and download it again."
         )
+
+
+def _inflate(inflater: object, raw: bytes, room: int) -> Iterator[bytes]:
+    """Inflate ``raw`` in pieces, never more than ``room`` bytes beyond which the caller stops."""
+    data = raw
+    while data:
+        piece = inflater.decompress(data, min(max(room, 1), 64 << 20))  # type: ignore[attr-defined]
+        data = inflater.unconsumed_tail  # type: ignore[attr-defined]
+        if piece:
+            room -= len(piece)
+            yield piece
+            if room <= 0:
+                return
+        elif not data:
+            return
+
+
+def _oversized(path: Path, name: str, declared: int) -> ArchiveError:
+    return ArchiveError(
+        f"{path}:{name}: inflates to more than the {declared:,} bytes the zip directory declares; "
+        "the archive is damaged or not a genuine export. Delete it and download it again."
+    )

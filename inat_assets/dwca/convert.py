@@ -27,8 +27,17 @@ from typing import Literal
 import duckdb
 
 from inat_assets.dwca.archive import MemberInfo, iter_member_bytes
+from inat_assets.dwca.csv_stream import CsvStreamNormalizer
 from inat_assets.dwca.schema import column_types
-from inat_assets.storage import atomic_path
+from inat_assets.errors import ConversionError
+from inat_assets.locks import locked
+from inat_assets.storage import (
+    RemovedScratch,
+    atomic_path,
+    remove_dead_scratch,
+    remove_stale_parts,
+    run_scratch,
+)
 
 ReadMode = Literal["auto", "stream", "extract"]
 Log = Callable[[str], None]
@@ -59,6 +68,8 @@ class ConversionResult:
 
 
 DEFAULT_MEMORY_LIMIT = "1GB"
+# A conversion that rejects more than this share of its lines fails and keeps the previous table.
+DEFAULT_MAX_REJECT_SHARE = 0.5
 
 
 def configure_duckdb(
@@ -94,41 +105,24 @@ def convert_member(
     scratch: Path,
     *,
     read_mode: ReadMode = "auto",
+    max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
     log: Log = lambda _msg: None,
 ) -> ConversionResult:
-    """Write ``member`` of ``archive`` to ``output`` (Parquet) and its malformed lines to ``rejects_output``."""
+    """Write ``member`` of ``archive`` to ``output`` (Parquet) and its malformed lines to ``rejects_output``.
+
+    ``output`` and ``rejects_output`` are replaced only when the conversion succeeds and at most
+    ``max_reject_share`` of the lines were rejected; otherwise ConversionError, the previous files
+    stay, and the rejects of the failed run are kept beside them (``<table>.failed.parquet``).
+    ``scratch`` holds one locked folder per conversion; folders of dead runs are removed first.
+    """
     started = time.monotonic()
-    mode = choose_read_mode(read_mode, member.size, scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    source = scratch / f"{member.table}-{uuid.uuid4().hex[:8]}.csv"
-    reject_table = f"rejects_{member.table}_{uuid.uuid4().hex[:8]}"
-    log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}")
-
-    feeder: _PipeFeeder | None = None
-    try:
-        if mode == "stream":
-            os.mkfifo(source)
-            feeder = _PipeFeeder(archive, member, source)
-            feeder.start()
-        else:
-            _extract(archive, member, source, log)
-
-        progress = _ProgressLogger(con, member, feeder, log)
-        progress.start()
-        try:
-            with atomic_path(output) as tmp_out:
-                rows = _copy_csv_to_parquet(con, member, source, tmp_out, reject_table)
-                if feeder:
-                    feeder.join_and_raise()
-        finally:
-            progress.stop()
-        with atomic_path(rejects_output) as tmp_rejects:
-            rejected = _write_rejects(con, reject_table, tmp_rejects)
-    finally:
-        if feeder:
-            feeder.abandon()
-        source.unlink(missing_ok=True)
-
+    with locked(scratch / f"{member.table}.lock", purpose=f"converting {member.name} to {output}"):
+        _remove_leftovers(scratch, member.table, (output, rejects_output, _failed_rejects_path(rejects_output)), log)
+        mode = choose_read_mode(read_mode, member.size, scratch)
+        with run_scratch(scratch, purpose=f"converting {member.name}") as run_dir:
+            counts = _convert_in(con, archive, member, output, rejects_output, run_dir, mode, max_reject_share, log)
+    rows, rejected = counts
     return ConversionResult(
         table=member.table,
         member=member.name,
@@ -143,6 +137,136 @@ def convert_member(
     )
 
 
+def _remove_leftovers(scratch: Path, table: str, outputs: tuple[Path, ...], log: Log) -> None:
+    """What killed conversions left: their scratch folders (inflated CSV, FIFOs) and ``.part`` outputs.
+
+    Called holding the table's lock, so no live conversion of ``table`` owns any of these. Versions
+    before run folders wrote ``<table>-<8 hex>.csv`` (file or FIFO) straight into ``scratch``.
+    """
+    removed = remove_dead_scratch(scratch)
+    for output in outputs:
+        removed += remove_stale_parts(output)
+    for old in scratch.glob(f"{table}-????????.csv"):
+        size = old.stat().st_size if old.is_file() else 0
+        old.unlink(missing_ok=True)
+        removed.append(RemovedScratch(old, size))
+    for item in removed:
+        log(f"removed {item.path} ({item.bytes:,} bytes), left by a conversion that did not finish")
+
+
+def _failed_rejects_path(rejects_output: Path) -> Path:
+    return rejects_output.with_name(f"{rejects_output.stem}.failed{rejects_output.suffix}")
+
+
+def _convert_in(
+    con: duckdb.DuckDBPyConnection,
+    archive: Path,
+    member: MemberInfo,
+    output: Path,
+    rejects_output: Path,
+    run_dir: Path,
+    mode: str,
+    max_reject_share: float,
+    log: Log,
+) -> tuple[int, int]:
+    source = run_dir / f"{member.table}.csv"
+    reject_table = f"rejects_{member.table}_{uuid.uuid4().hex[:8]}"
+    normalizer = CsvStreamNormalizer(MAX_LINE_BYTES)
+    log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}")
+    feeder: _PipeFeeder | None = None
+    try:
+        if mode == "stream":
+            os.mkfifo(source)
+            feeder = _PipeFeeder(archive, member, source, normalizer)
+            feeder.start()
+        else:
+            _extract(archive, member, source, normalizer, log)
+
+        progress = _ProgressLogger(con, member, feeder, log)
+        progress.start()
+        try:
+            with atomic_path(output) as tmp_out:
+                try:
+                    rows = _copy_csv_to_parquet(con, member, source, tmp_out, reject_table)
+                except duckdb.Error as exc:
+                    if feeder:
+                        feeder.abandon()
+                        feeder.raise_error()  # an archive fault explains DuckDB's error
+                    hint = (
+                        " The member has carriage returns: a quote inside an unquoted field (malformed) "
+                        "makes a CR LF line end look quoted; fix that line or convert the file to LF."
+                        if normalizer.crlf_normalized or normalizer.events
+                        else ""
+                    )
+                    raise ConversionError(
+                        f"{archive}:{member.name}: DuckDB could not read the CSV ({_first_line(exc)}).{hint} "
+                        "The previous table was kept."
+                    ) from exc
+                if feeder:
+                    feeder.join_and_raise()
+                if normalizer.crlf_normalized:
+                    log(f"{member.name}: {normalizer.crlf_normalized:,} CR LF line ending(s) read as LF")
+                rejected = _count_rejects(con, reject_table)
+                _refuse_bad_share(archive, member, rows, rejected, max_reject_share, con, reject_table,
+                                  normalizer, rejects_output)  # fmt: skip
+                with atomic_path(rejects_output) as tmp_rejects:
+                    _write_rejects(con, reject_table, normalizer, tmp_rejects)
+            _failed_rejects_path(rejects_output).unlink(missing_ok=True)  # an older failure's, now stale
+        finally:
+            progress.stop()
+    finally:
+        if feeder:
+            feeder.abandon()
+        source.unlink(missing_ok=True)
+        con.execute(f"DROP TABLE IF EXISTS {reject_table}")
+        con.execute(f"DROP TABLE IF EXISTS {reject_table}_scans")
+    return rows, rejected
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _refuse_bad_share(
+    archive: Path,
+    member: MemberInfo,
+    rows: int,
+    rejected: int,
+    max_share: float,
+    con: duckdb.DuckDBPyConnection,
+    reject_table: str,
+    normalizer: CsvStreamNormalizer,
+    rejects_output: Path,
+) -> None:
+    """Raise ConversionError (so the previous table stays) when too much of the member was rejected."""
+    share = rejected / (rows + rejected) if rows + rejected else 0.0
+    # 0 rows and 0 rejects from a member with data lines: DuckDB read nothing (how CR LF files
+    # used to end); never a table.
+    read_nothing = rows == 0 and rejected == 0 and member.size > member.header_bytes
+    if share <= max_share and not read_nothing:
+        return
+    failed = _failed_rejects_path(rejects_output)
+    reasons = ""
+    if rejected:
+        with atomic_path(failed) as tmp:
+            _write_rejects(con, reject_table, normalizer, tmp)
+        first = con.execute(
+            f"SELECT line, reason FROM read_parquet({sql_string(failed)}) ORDER BY line LIMIT 3"
+        ).fetchall()
+        reasons = "; ".join(f"line {line}: {reason}" for line, reason in first)
+    what = (
+        f"DuckDB read no line of its {member.size:,} bytes"
+        if read_nothing
+        else f"{rejected:,} of {rows + rejected:,} lines ({share:.1%}) were rejected, more than the limit of {max_share:.1%}"
+    )
+    raise ConversionError(
+        f"{archive}:{member.name}: {what}. First reasons: {reasons or 'none'}. "
+        + (f"All rejected lines are in {failed}. " if rejected else "")
+        + "The previous table was kept. Check the archive (is it iNaturalist's export, is its header "
+        "right?) or, if this is expected, raise fail_reject_share in the table asset's run config."
+    )
+
+
 def _copy_csv_to_parquet(
     con: duckdb.DuckDBPyConnection, member: MemberInfo, source: Path, output: Path, reject_table: str
 ) -> int:
@@ -150,11 +274,14 @@ def _copy_csv_to_parquet(
         f"{sql_string(name)}: {sql_string(kind)}"
         for name, kind in column_types(member.table, member.columns).items()
     )
-    # Explicit dialect, no sniffing. allow_quoted_nulls=false keeps `""` (empty string) apart from a
-    # missing value (NULL); nullstr stays the empty field, so `NA` (Namibia) is text.
+    # Explicit dialect, no sniffing; the stream is normalized first (csv_stream: CR LF, bare CR,
+    # over-long lines). strict_mode stays on: off, DuckDB truncates rows with too many columns.
+    # allow_quoted_nulls=false keeps `""` (empty string) apart from a missing value (NULL);
+    # nullstr stays the empty field, so `NA` (Namibia) is text. buffer_size must stay well above
+    # max_line_size: DuckDB drops a line longer than its buffer without a reject.
     read_csv = (
         f"read_csv({sql_string(source)}, header = true, auto_detect = false, delim = ',', quote = '\"', "
-        f"escape = '\"', new_line = '\\n', encoding = 'utf-8', columns = {{{columns}}}, "
+        f"escape = '\"', new_line = '\\n', strict_mode = true, encoding = 'utf-8', columns = {{{columns}}}, "
         f"allow_quoted_nulls = false, store_rejects = true, rejects_table = {sql_string(reject_table)}, "
         f"rejects_scan = {sql_string(reject_table + '_scans')}, "
         f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {_BUFFER_BYTES})"
@@ -170,31 +297,55 @@ def _copy_csv_to_parquet(
     return int(result[0]) if result else 0
 
 
-def _write_rejects(con: duckdb.DuckDBPyConnection, reject_table: str, output: Path) -> int:
-    """One row per rejected line (DuckDB may report several errors for one line)."""
-    con.execute(
-        f"""
-        COPY (
-            SELECT line::BIGINT AS line,
-                   min(line_byte_position)::BIGINT AS byte_offset,
-                   string_agg(DISTINCT error_message, '; ' ORDER BY error_message) AS reason,
-                   any_value(csv_line) AS raw_line
-            FROM {reject_table}
-            GROUP BY line
-            ORDER BY line
-        ) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)
-        """
-    )
+def _count_rejects(con: duckdb.DuckDBPyConnection, reject_table: str) -> int:
     count = con.execute(f"SELECT count(DISTINCT line) FROM {reject_table}").fetchone()
-    con.execute(f"DROP TABLE IF EXISTS {reject_table}")
-    con.execute(f"DROP TABLE IF EXISTS {reject_table}_scans")
     return int(count[0]) if count else 0
 
 
-def _extract(archive: Path, member: MemberInfo, target: Path, log: Log) -> None:
+def _write_rejects(
+    con: duckdb.DuckDBPyConnection, reject_table: str, normalizer: CsvStreamNormalizer, output: Path
+) -> None:
+    """One row per rejected line (DuckDB may report several errors for one line).
+
+    Lines the normalizer changed so that DuckDB rejects them (a bare CR, an over-long line) get the
+    real reason: each event is matched to the rejected line that starts at or before it (DuckDB's
+    ``line_byte_position`` is the line's start + 1).
+    """
+    events = normalizer.events
+    con.execute("CREATE OR REPLACE TEMP TABLE stream_events (byte_offset BIGINT, reason VARCHAR)")
+    if events:
+        con.executemany("INSERT INTO stream_events VALUES (?, ?)", [(e.offset + 1, e.reason) for e in events])
+    con.execute(
+        f"""
+        COPY (
+            WITH lines AS (
+                SELECT line::BIGINT AS line,
+                       min(line_byte_position)::BIGINT AS byte_offset,
+                       string_agg(DISTINCT error_message, '; ' ORDER BY error_message) AS reason,
+                       any_value(csv_line) AS raw_line
+                FROM {reject_table}
+                GROUP BY line
+            ),
+            explained AS (
+                SELECT l.line, string_agg(DISTINCT e.reason, '; ') AS stream_reason
+                FROM stream_events e ASOF JOIN lines l ON e.byte_offset >= l.byte_offset
+                GROUP BY l.line
+            )
+            SELECT l.line, l.byte_offset, coalesce(x.stream_reason, l.reason) AS reason, l.raw_line
+            FROM lines l LEFT JOIN explained x USING (line)
+            ORDER BY l.line
+        ) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)
+        """
+    )
+    con.execute("DROP TABLE stream_events")
+
+
+def _extract(
+    archive: Path, member: MemberInfo, target: Path, normalizer: CsvStreamNormalizer, log: Log
+) -> None:
     started, written, last = time.monotonic(), 0, time.monotonic()
     with open(target, "wb") as out:
-        for chunk in iter_member_bytes(archive, member.name):
+        for chunk in normalizer.feed(iter_member_bytes(archive, member.name)):
             out.write(chunk)
             written += len(chunk)
             if time.monotonic() - last > _PROGRESS_SECONDS:
@@ -206,9 +357,9 @@ def _extract(archive: Path, member: MemberInfo, target: Path, log: Log) -> None:
 class _PipeFeeder(threading.Thread):
     """Inflates a member into a named pipe; DuckDB reads the other end."""
 
-    def __init__(self, archive: Path, member: MemberInfo, fifo: Path) -> None:
+    def __init__(self, archive: Path, member: MemberInfo, fifo: Path, normalizer: CsvStreamNormalizer) -> None:
         super().__init__(name=f"feed-{member.name}", daemon=True)
-        self.archive, self.member, self.fifo = archive, member, fifo
+        self.archive, self.member, self.fifo, self.normalizer = archive, member, fifo, normalizer
         self.bytes_fed = 0
         self.error: BaseException | None = None
 
@@ -217,7 +368,7 @@ class _PipeFeeder(threading.Thread):
             # Buffered on purpose: a raw write to a pipe can return early (a signal mid-write) and
             # drop the rest of the chunk; BufferedWriter.write loops until every byte is written.
             with open(self.fifo, "wb", buffering=1 << 20) as pipe:
-                for chunk in iter_member_bytes(self.archive, self.member.name):
+                for chunk in self.normalizer.feed(iter_member_bytes(self.archive, self.member.name)):
                     pipe.write(chunk)
                     self.bytes_fed += len(chunk)
         except BrokenPipeError:
@@ -227,6 +378,9 @@ class _PipeFeeder(threading.Thread):
 
     def join_and_raise(self) -> None:
         self.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
 

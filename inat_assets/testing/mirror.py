@@ -21,6 +21,16 @@ serves). Behaviours:
 ``nolength``           the image without Content-Length, delimited by closing the connection
 ``slow:<secs>``        wait that long, then serve the image
 ``stall``              headers and half the body, then nothing (the client must time out)
+``gzip``               the image gzip-compressed, with ``Content-Encoding: gzip`` (a server that
+                       ignores ``Accept-Encoding: identity``)
+``gzipbomb[:<MB>]``    ``Content-Encoding: gzip, gzip``: about 2.4 KB that inflate to 1,000 MB
+                       (or <MB>) of zeros
+``encoded:<name>``     the image bytes labelled ``Content-Encoding: <name>`` (``br``, ``zstd``, ...)
+``endless``            a JPEG start, then filler for as long as the client reads (no Content-Length)
+``stub``               200 with the 3 bytes ``FF D8 FF`` (a JPEG signature and nothing else)
+``garbage``            the image's first 64 bytes, then random bytes up to its size (full length)
+``cut``                the image's first half, with a Content-Length that matches (a truncated file
+                       on the server, which no transfer check can notice)
 
 Run it on its own with ``python -m inat_assets.testing.mirror --host 127.0.0.1 --port 8080``.
 """
@@ -29,8 +39,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
+import random
 import re
 import signal
 import socket
@@ -132,6 +144,41 @@ def served_bytes(
     return _jpeg(photo_id, size, image_bytes)
 
 
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(megabytes: int = 1000) -> bytes:
+    """``megabytes`` MiB of zeros, gzipped twice (for ``Content-Encoding: gzip, gzip``).
+
+    The inner stream is built from one fully flushed deflate segment per MiB (each segment stands
+    alone, so they repeat byte for byte) instead of compressing a gigabyte: 0.6 s instead of 8 s.
+    """
+    mib = bytes(1 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    first = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
+    segment = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(megabytes):
+        crc = zlib.crc32(mib, crc)
+    inner = (
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + first + segment * (megabytes - 1) + deflate.flush()
+        + struct.pack("<II", crc, (megabytes << 20) & 0xFFFFFFFF)
+    )
+    outer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return outer.compress(inner) + outer.flush()
+
+
+def _gzip(data: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def _endless(photo_id: int) -> Iterator[bytes]:
+    """A JPEG start, then filler without end (the ``endless`` behaviour)."""
+    yield _JPEG_HEAD
+    block = _filler(photo_id, "endless", 64 * 1024)
+    while True:
+        yield block
+
+
 # --- The server -------------------------------------------------------------------------------
 
 _REASONS = {
@@ -161,6 +208,8 @@ class _Connection(asyncio.Protocol):
         self.buffer = b""
         self.busy = False
         self.transport: asyncio.Transport | None = None
+        self.stream: Iterator[bytes] | None = None  # a body written as the client reads it
+        self.writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -173,7 +222,20 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.stream = None
         self.server._connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._pump()
+
+    def _pump(self) -> None:
+        """Write the streamed body while the client keeps reading (flow control, bounded buffer)."""
+        while self.stream is not None and self.transport is not None and not self.writing_paused:
+            self.transport.write(next(self.stream))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -239,6 +301,17 @@ class _Connection(asyncio.Protocol):
                 if keep_alive:
                     self._next_request()
             return None
+        if name in ("gzip", "encoded", "stub", "garbage", "cut"):
+            return self._mangled(name, arg, path, conn, keep_alive)
+        if name == "gzipbomb":
+            bomb = gzip_bomb(int(arg or 1000))
+            return self._simple(200, [("Content-Encoding", "gzip, gzip"), *conn], keep_alive, bomb, "image/jpeg")
+        if name == "endless":
+            match = _PHOTO_PATH.match(path)
+            self._send(_head(200, [("Content-Type", "image/jpeg"), ("Connection", "close")]), close=False)
+            self.stream = _endless(int(match[1]) if match else 0)
+            self._pump()
+            return None
         if name == "reset":
             sock = self.transport.get_extra_info("socket")
             if sock is not None:  # SO_LINGER 0: close() sends RST instead of FIN
@@ -260,6 +333,27 @@ class _Connection(asyncio.Protocol):
             extra = [("Retry-After", arg)] if arg else []
             return self._simple(int(name), extra + conn, keep_alive)
         return self._simple(500, conn, keep_alive, f"unknown behaviour {behaviour!r}".encode())
+
+    def _mangled(self, name: str, arg: str, path: str, conn: list[tuple[str, str]], keep_alive: bool) -> None:
+        """The image, encoded or damaged as the behaviour says, with a matching Content-Length."""
+        match = _PHOTO_PATH.match(path)
+        if match is None:
+            return self._simple(404, conn, keep_alive)
+        pid, size, ext = int(match[1]), match[2], match[3]
+        image = served_bytes(pid, size, ext, self.server.image_bytes)
+        headers = conn
+        if name == "gzip":
+            body, headers = _gzip(image), [("Content-Encoding", "gzip"), *conn]
+        elif name == "encoded":
+            body, headers = image, [("Content-Encoding", arg or "br"), *conn]
+        elif name == "stub":
+            body = b"\xff\xd8\xff"
+        elif name == "garbage":
+            body = image[:64] + random.Random(pid).randbytes(len(image) - 64)
+        else:  # cut
+            body = image[: len(image) // 2]
+        ctype = {"png": "image/png", "gif": "image/gif"}.get(ext.lower(), "image/jpeg")
+        return self._simple(200, headers, keep_alive, body, ctype)
 
     def _simple(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from inat_assets.download import DownloadConfig
@@ -13,6 +14,9 @@ from inat_assets.testing.mirror import MirrorServer, serve_mirror
 HOST_A = "127.0.0.1"  # plays static.inaturalist.org
 HOST_B = "127.0.0.2"  # plays the open-data bucket
 IMAGE_BYTES = 3000  # small images keep the tests quick; sizes are not what they test
+# Allowlist entries for the mirror, which listens on a random port (a bare host allows port 80/443 only).
+ANY_PORT_A = f"{HOST_A}:*"
+ANY_PORT_B = f"{HOST_B}:*"
 
 
 @pytest.fixture
@@ -24,7 +28,7 @@ def mirror() -> Iterator[MirrorServer]:
 def fast_config(**overrides: object) -> DownloadConfig:
     settings: dict[str, object] = dict(
         concurrency=8,
-        allowed_hosts=(HOST_A, HOST_B),
+        allowed_hosts=(ANY_PORT_A, ANY_PORT_B),
         other_hosts={HOST_A: HOST_B, HOST_B: HOST_A},
         retries=3,
         backoff_base=0.01,
@@ -39,6 +43,12 @@ def fast_config(**overrides: object) -> DownloadConfig:
 
 
 def files_in(folder: Path) -> list[Path]:
-    """Every file below ``folder`` except manifests and the span record (batches.json), hidden ones
-    included (to catch .part files)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet" and p.name != "batches.json")
+    """Every file below ``folder`` except manifests, their lock files and the span record
+    (batches.json), hidden ones included (to catch .part files)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix not in (".parquet", ".lock") and p.name != "batches.json")
+
+
+def manifest_rows(path: Path) -> dict[int, dict[str, object]]:
+    """A manifest's rows by photo id."""
+    return {row["photo_id"]: row for row in pq.read_table(path).to_pylist()}

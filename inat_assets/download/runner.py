@@ -1,0 +1,89 @@
+"""``run(job)``: one download run, under its lock, by the runner its ``config.processes`` asks for.
+
+Everything both runners need first happens here, once, in the process that owns the run: the lock
+on the manifest (a second run on the same manifest is refused, naming the holder, instead of
+deleting the first run's temporary files), removing a dead run's temporary manifests, and setting
+aside a previous manifest that cannot be read (instead of crashing every later run on it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from inat_assets.download.config import DownloadConfig, PhotoTask
+from inat_assets.download.engine import (
+    DestDir,
+    DownloadJob,
+    DownloadSummary,
+    Progress,
+    ProgressCallback,
+    run_in_process,
+)
+from inat_assets.download.files import remove_stale_manifest_parts
+from inat_assets.download.manifest import set_aside_if_unreadable
+from inat_assets.download.processes import run_in_processes
+from inat_assets.locks import LockedError, acquire
+
+log = logging.getLogger("inat_assets.download")
+
+Runner = Callable[[DownloadJob, ProgressCallback | None], DownloadSummary]
+
+
+def runner_for(config: DownloadConfig) -> Runner:
+    return run_in_processes if config.processes > 1 else run_in_process
+
+
+def run(job: DownloadJob, on_progress: ProgressCallback | None = None) -> DownloadSummary:
+    """Download every task of ``job`` and write its manifest; see ``run_download`` for the rules.
+
+    Raises ``LockedError`` when another live run holds this manifest, ``StorageError`` when the
+    manifest's or photos' folder cannot be written (unwritable, full).
+    """
+    try:
+        lock = acquire(job.lock_path, purpose=f"download into {job.manifest_path}")
+    except LockedError as exc:
+        raise LockedError(f"another download is writing {job.manifest_path}: {exc}") from None
+    try:
+        remove_stale_manifest_parts(job.manifest_path)  # only dead runs' files: we hold the lock
+        warnings: list[str] = []
+        if job.previous_manifest is not None:
+            aside = set_aside_if_unreadable(job.previous_manifest)
+            if aside is not None:
+                warnings.append(aside)
+                log.warning("%s", aside)
+                job = replace(job, previous_manifest=None)
+        summary = runner_for(job.config)(job, on_progress)
+    finally:
+        lock.release()
+    summary.warnings[:0] = warnings
+    return summary
+
+
+def run_download(
+    tasks: Iterable[PhotoTask],
+    dest_dir: DestDir,
+    manifest_path: Path,
+    config: DownloadConfig | None = None,
+    *,
+    previous_manifest: Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 5.0,
+    total: int | None = None,
+) -> DownloadSummary:
+    """Download every task's photo to ``dest_dir`` and write one manifest row per photo id.
+
+    ``tasks`` is consumed lazily, at most ``config.concurrency`` at a time (a few chunks per process
+    with ``processes > 1``). ``dest_dir`` is a folder or a function from photo id to folder (e.g.
+    ``BatchFolders``). Files are named ``<photo_id>.<ext>`` with the extension taken from the bytes.
+    A photo already on disk and valid is not fetched again (status "cached"); ``previous_manifest``
+    adds a size check for those. Tasks with an unusable photo id, and repeats of a photo id, are
+    skipped and counted (``DownloadSummary.invalid``, ``.duplicates``). The manifest appears at
+    ``manifest_path`` only when every task has settled. ``total`` (or ``len(tasks)``) only feeds
+    the progress ETA. Blocks until done; safe to call from a thread that runs an event loop.
+    """
+    job = DownloadJob(tasks, dest_dir, manifest_path, config or DownloadConfig(),
+                      previous_manifest=previous_manifest, progress_interval=progress_interval, total=total)
+    return run(job, on_progress)
