@@ -26,7 +26,7 @@ from inat_assets.photos import (
     with_size_sql,
 )
 from inat_assets.testing.mirror import MirrorServer
-from inat_assets_tests.download.conftest import HOST_A, HOST_B, files_in
+from inat_assets_tests.download.conftest import ANY_PORT_A, ANY_PORT_B, files_in
 
 # (URL, the URL at size medium). The SQL rewrite before photos.py left the query-string cases alone.
 TRICKY_URLS = [
@@ -100,7 +100,7 @@ def _fetch_list(path: Path, mirror: MirrorServer, ids: list[int]) -> Path:
 
 
 def _args(parquet: Path, output: Path, *extra: str) -> list[str]:
-    return ["--parquet", str(parquet), "--output", str(output), "--allow-host", HOST_A, "--allow-host", HOST_B,
+    return ["--parquet", str(parquet), "--output", str(output), "--allow-host", ANY_PORT_A, "--allow-host", ANY_PORT_B,
             "--quiet", "--retries", "1", *extra]
 
 
