@@ -1,30 +1,51 @@
 """Image batches: fixed photo-id ranges of fetch.parquet, one Dagster partition each.
 
-A batch key names a range: ``batch-000123`` holds photo ids ``[123 * span, 124 * span)``. Because
-keys come from ids and a fixed span, a refreshed archive keeps every existing key and only adds
-new ones. The span is chosen once (about ``target`` photos per batch, rounded to 1/2/5 x 10^k)
-and kept in ``INAT_DATA_DIR/batches.json``; every later run, on any machine, reads it from there.
+A batch key names a range: ``batch-000123`` holds photo ids ``[123 * span, 124 * span)`` (the key
+and folder rules are in ``inat_assets.photos``). Because keys come from ids and a fixed span, a
+refreshed archive keeps every existing key and only adds new ones.
+
+The span rule, the same for ``image_batches`` and ``download-images``: the span recorded in the
+output's ``batches.json`` (``INAT_DATA_DIR/batches.json``, or ``<--output>/batches.json``); else
+the one asked for (``INAT_BATCH_SPAN``, ``--batch-span``); else the data dir's when
+``download-images`` reads a data dir's fetch.parquet; else a new one of about ``target`` photos per
+batch, rounded to 1/2/5 x 10^k. It is then recorded, and every later run reads it from there, so a
+photo always lands in the same batch folder whichever tool fetched it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from inat_assets.download.config import PhotoTask, batch_key
+from inat_assets.download.config import PhotoTask
 from inat_assets.dwca.convert import sql_string
 from inat_assets.errors import BatchError
 from inat_assets.locks import locked
+from inat_assets.photos import batch_key, batch_range
 from inat_assets.storage import atomic_write_bytes
 
+__all__ = [
+    "BATCHES_FILE",
+    "BatchError",
+    "BatchPlan",
+    "batch_key",
+    "batch_range",
+    "choose_span",
+    "count_batch",
+    "iter_batch_tasks",
+    "load_span",
+    "nice_span",
+    "plan_batches",
+    "record_span",
+]
+
 DEFAULT_PHOTOS_PER_BATCH = 50_000
-_KEY = re.compile(r"^batch-(\d{6,})$")
+BATCHES_FILE = "batches.json"  # the span of a folder of batch folders, next to them
 
 
 
@@ -47,15 +68,6 @@ def nice_span(photos: int, min_id: int, max_id: int, target: int = DEFAULT_PHOTO
     return int(10 * exponent)
 
 
-def batch_range(key: str, span: int) -> tuple[int, int]:
-    """``batch-000123`` -> (123 * span, 124 * span)."""
-    match = _KEY.match(key)
-    if not match:
-        raise BatchError(f"{key!r} is not an image batch key (expected batch-NNNNNN)")
-    index = int(match.group(1))
-    return index * span, (index + 1) * span
-
-
 def load_span(state_file: Path) -> int | None:
     if not state_file.exists():
         return None
@@ -65,28 +77,83 @@ def load_span(state_file: Path) -> int | None:
         raise BatchError(f"{state_file} is unreadable ({exc}); restore it or delete it together with the batches") from exc
 
 
+def choose_span(
+    state_file: Path,
+    requested_span: int,
+    photo_ids: Callable[[], tuple[int, int, int]],
+    *,
+    requested_by: str = "INAT_BATCH_SPAN",
+    inherited_from: Path | None = None,
+) -> int:
+    """The span rule (module docstring). ``photo_ids`` gives (count, min, max) of the photo ids and
+    is called only when a new span must be chosen."""
+    stored = load_span(state_file)
+    if requested_span and stored and requested_span != stored:
+        raise BatchError(
+            f"{requested_by}={requested_span} but the existing image batches use span {stored} "
+            f"(kept in {state_file}). Drop {requested_by}, or move the batch folders, manifests and "
+            f"{state_file.name} aside to start over with a new span."
+        )
+    span = stored or requested_span or (load_span(inherited_from) if inherited_from else None)
+    if not span:
+        photos, lo, hi = photo_ids()
+        span = nice_span(photos, lo, hi)
+    return span
+
+
+def record_span(state_file: Path, span: int) -> None:
+    """Keep ``span`` for every later run on this folder (once; an existing record is never changed)."""
+    if load_span(state_file) is None:
+        atomic_write_bytes(state_file, json.dumps({"span": span}).encode())
+
+
+def data_dir_span_file(fetch_list: Path) -> Path:
+    """The batches.json of the data dir a fetch list belongs to: a dataset's list lives in
+    ``<data>/datasets/<name>/fetch.parquet``, a list of another origin beside its own record."""
+    if fetch_list.parent.parent.name == "datasets":
+        return fetch_list.parent.parent.parent / BATCHES_FILE
+    return fetch_list.parent / BATCHES_FILE
+
+
+def span_for_folder(output: Path, fetch_list: Path, id_column: str, requested_span: int, *, record: bool) -> int:
+    """``download-images``' span for the batch folders under ``output``: the span rule, with
+    ``output/batches.json`` as the record and the fetch list's data dir as the one to inherit."""
+
+    def photo_ids() -> tuple[int, int, int]:
+        column = '"' + id_column.replace('"', '""') + '"'
+        with duckdb.connect() as con:
+            photos, lo, hi = con.execute(
+                f"SELECT count(v), min(v), max(v) FROM (SELECT TRY_CAST({column} AS BIGINT) AS v "
+                f"FROM read_parquet({sql_string(fetch_list)}))"
+            ).fetchone()  # type: ignore[misc]
+        return int(photos), int(lo or 0), int(hi or 0)
+
+    state_file = output / BATCHES_FILE
+    span = choose_span(
+        state_file, requested_span, photo_ids, requested_by="--batch-span", inherited_from=data_dir_span_file(fetch_list)
+    )
+    if record:
+        record_span(state_file, span)
+    return span
+
+
 def plan_batches(
     con: duckdb.DuckDBPyConnection, fetch_list: Path, state_file: Path, requested_span: int = 0
 ) -> BatchPlan:
     """Fix the span (the stored one, the requested one, or a new one) and list the batch keys."""
     source = f"read_parquet({sql_string(fetch_list)})"
+
+    def photo_ids() -> tuple[int, int, int]:
+        photos, lo, hi = con.execute(f"SELECT count(*), min(photo_id), max(photo_id) FROM {source}").fetchone()  # type: ignore[misc]
+        return int(photos), int(lo or 0), int(hi or 0)
+
     # Every dataset's fetch list goes through here: the lock makes the first one to fix the span win.
     with locked(state_file.with_name(state_file.name + ".lock"), purpose="choosing the image batch span", wait_seconds=60):
-        stored = load_span(state_file)
-        if requested_span and stored and requested_span != stored:
-            raise BatchError(
-                f"INAT_BATCH_SPAN={requested_span} but the existing image batches use span {stored} "
-                f"(kept in {state_file}). Unset INAT_BATCH_SPAN, or move photos/, datasets/*/manifests/ and "
-                f"{state_file.name} aside to start over with a new span."
-            )
-        span = stored or requested_span
-        if not span:
-            photos, lo, hi = con.execute(f"SELECT count(*), min(photo_id), max(photo_id) FROM {source}").fetchone()  # type: ignore[misc]
-            span = nice_span(int(photos), int(lo or 0), int(hi or 0))
+        span = choose_span(state_file, requested_span, photo_ids)
         has_photos = con.execute(f"SELECT count(*) > 0 FROM {source}").fetchone()[0]  # type: ignore[index]
         # An empty first list (a typo in a filter) must not fix a span for good; the next run chooses.
-        if stored is None and has_photos:
-            atomic_write_bytes(state_file, json.dumps({"span": span}).encode())
+        if has_photos:
+            record_span(state_file, span)
     indices = con.execute(f"SELECT DISTINCT photo_id // {int(span)} AS i FROM {source} ORDER BY i").fetchall()
     return BatchPlan(span, [batch_key(int(i) * span, span) for (i,) in indices])
 

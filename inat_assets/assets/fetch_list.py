@@ -73,6 +73,7 @@ def fetch_metadata(result: FetchListResult) -> dict[str, object]:
         "orphan_media": result.orphan_media,
         "sounds_and_other_media": result.sounds_and_other_media,
         "duplicate_photo_ids": result.duplicate_photo_ids,
+        "duplicate_observation_rows": result.duplicate_observation_rows,
         "min_photo_id": result.min_photo_id if result.min_photo_id is not None else -1,
         "max_photo_id": result.max_photo_id if result.max_photo_id is not None else -1,
         "top_families": _markdown_counts("family", result.top_families),

@@ -5,8 +5,10 @@
 Input: the project's ``fetch.parquet`` (columns ``photo_id``, ``url``) or the original workflow's
 file (``foo`` = photo id, ``identifier`` = URL, optional ``format``), read in batches, never whole.
 Output: ``<output>/<batch-key>/<photo_id>.<ext>`` with batch keys ``batch-NNNNNN`` = photo id //
-``--batch-span`` (default 50,000 ids, so a folder never holds more than 50,000 files), and
-``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
+span, the same folders as the ``image_batches`` asset: the span recorded in ``<output>/batches.json``,
+else ``--batch-span``, else the span of the data dir the fetch list is in (its ``batches.json``), else
+a round span giving about 50,000 photos per folder; it is recorded in ``<output>/batches.json``.
+And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
 A rerun skips every photo already on disk and retries only failures. A photo id listed twice is
 fetched once. Rows whose photo id is unusable (text, a fraction, NaN, negative, beyond 2^63, null)
 are reported and left out; the others are downloaded. Exit status: 0 when every photo is ok or
@@ -17,7 +19,6 @@ or output (unwritable or full, or in use by another download-images), 130 when i
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
+from inat_assets.batches import span_for_folder
 from inat_assets.download import (
     BatchFolders,
     DownloadConfig,
@@ -39,21 +41,11 @@ from inat_assets.download import (
 )
 from inat_assets.download.manifest import os_error_cause
 from inat_assets.errors import InatAssetsError, InputError
+from inat_assets.photos import PHOTO_SIZES, with_size
 
-SIZES = ("original", "large", "medium", "small", "thumb", "square")
-DEFAULT_BATCH_SPAN = 50_000
 # (photo id column, URL column) per known input layout, most specific first.
 LAYOUTS = (("photo_id", "url"), ("foo", "identifier"))
-_ORIGINAL_SEGMENT = re.compile(r"/original(\.[A-Za-z0-9]+)(?=$|[?#])")
 
-
-
-
-def with_size(url: str, size: str) -> str:
-    """Swap the ``/original.<ext>`` path segment for another size; other URLs are left alone."""
-    if size == "original":
-        return url
-    return _ORIGINAL_SEGMENT.sub(f"/{size}\\1", url, count=1)
 
 
 def open_fetch_list(path: Path) -> tuple[pq.ParquetFile, str, str, str | None]:
@@ -172,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n".join(__doc__.split("\n")[4:]))
     parser.add_argument("--parquet", required=True, type=Path, help="fetch list (photo_id, url) or (foo, identifier)")
     parser.add_argument("--output", required=True, type=Path, help="folder for batch folders and manifest.parquet")
-    parser.add_argument("--size", choices=SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
+    parser.add_argument("--size", choices=PHOTO_SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
     parser.add_argument("--processes", type=int, default=1,
                         help="worker processes (default 1); more spread HTTP parsing and file writes over cores")
@@ -182,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="read timeout in seconds; connect gets a third of it, a whole request 4x (default 30)")
     parser.add_argument("--contact", default="", help="e-mail or URL added to the User-Agent (iNaturalist asks for one)")
-    parser.add_argument("--batch-span", type=int, default=DEFAULT_BATCH_SPAN, help="photo ids per batch folder")
+    parser.add_argument("--batch-span", type=int, default=0,
+                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~50,000 photos)")
     parser.add_argument("--no-other-host", action="store_true", help="do not try the other iNat host on 403/404")
     parser.add_argument("--progress-interval", type=float, default=1.0, help="seconds between progress lines")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -191,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.concurrency, args.processes, args.batch_span) < 1 or args.retries < 0 or args.timeout <= 0:
-        print("download-images: --concurrency, --processes, --timeout and --batch-span must be positive, "
+    if min(args.concurrency, args.processes) < 1 or args.batch_span < 0 or args.retries < 0 or args.timeout <= 0:
+        print("download-images: --concurrency, --processes and --timeout must be positive, --batch-span >= 0, "
               "--retries >= 0",
               file=sys.stderr)
         return 2
@@ -216,13 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"download-images: cannot create the output folder {output}: {os_error_cause(exc)}", file=sys.stderr)
         return 2
     manifest = output / "manifest.parquet"
+    try:
+        span = span_for_folder(output, args.parquet, id_col, args.batch_span, record=parquet.metadata.num_rows > 0)
+    except InatAssetsError as exc:  # a span other than the recorded one, an unreadable batches.json
+        print(f"download-images: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"download-images: cannot record the batch span in {output}: {os_error_cause(exc)}", file=sys.stderr)
+        return 2
     rows = InputRows()
     progress = None if args.quiet else ProgressLine()
     started = time.monotonic()
     try:
         summary = run_download(
             iter_tasks(parquet, id_col, url_col, fmt_col, args.size, rows),
-            BatchFolders(output, args.batch_span),
+            BatchFolders(output, span),
             manifest,
             config,
             previous_manifest=manifest,

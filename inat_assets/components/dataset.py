@@ -28,7 +28,13 @@ import dagster as dg
 import duckdb
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from inat_assets.dwca.fetch_list import PHOTO_SIZES, FetchFilters, normalize_licenses, validate_where
+from inat_assets.dwca.fetch_list import (
+    DEFAULT_QUERY_TIMEOUT_SECONDS,
+    PHOTO_SIZES,
+    FetchFilters,
+    normalize_licenses,
+    validate_where,
+)
 from inat_assets.errors import FetchListError, InatAssetsError
 
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -218,6 +224,11 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
         description="One SQL boolean expression over `o.` (observations) and `m.` (media) columns.",
     )
     photo_size: PhotoSize = Field(default=PhotoSize.ORIGINAL, description="Size of the photos to fetch.")  # type: ignore[valid-type]
+    query_timeout_seconds: float = Field(
+        default=DEFAULT_QUERY_TIMEOUT_SECONDS,
+        gt=0,
+        description="Not a filter: a fetch-list statement running longer is stopped and the run fails naming the where.",
+    )
     training: TrainingOptions = Field(
         default_factory=TrainingOptions, description="Reserved for the training dataset (issue 8); not used yet."
     )
@@ -317,6 +328,7 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
             event_date_to=self.event_date_to,
             where=self.where,
             photo_size=self.photo_size.value,
+            timeout_seconds=self.query_timeout_seconds,
         )
 
     def selection_version(self) -> str:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import inat_assets
 from inat_assets.errors import DownloadError
+from inat_assets.photos import batch_key  # noqa: F401 -- re-exported: the rule lives in inat_assets.photos
 
 STATIC_HOST = "static.inaturalist.org"
 OPEN_DATA_HOST = "inaturalist-open-data.s3.amazonaws.com"
@@ -186,10 +187,3 @@ def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple
     raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     return hosts or default
-
-
-def batch_key(photo_id: int, span: int) -> str:
-    """The folder a photo goes into: ``batch-000123`` holds ids 123*span .. 124*span-1."""
-    if span < 1:
-        raise ValueError("span must be at least 1")
-    return f"batch-{photo_id // span:06d}"

@@ -25,7 +25,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from inat_assets.download.config import (
     DownloadConfig,
     HostLimits,
     PhotoTask,
-    batch_key,
 )
 from inat_assets.download.engine import (
     DownloadJob,
@@ -52,21 +51,11 @@ from inat_assets.download.engine import (
 )
 from inat_assets.download.manifest import ManifestWriter
 from inat_assets.errors import InatAssetsError
+from inat_assets.photos import BatchFolders  # noqa: F401 -- re-exported: the folder rule lives in inat_assets.photos
 
 _CHUNK = 64  # tasks per queue message: big enough to make pickling cheap, small enough to balance
 _POLL = 0.2
 _ORPHAN_CHECK = 0.5  # seconds between a child's looks at whether its parent still lives
-
-
-@dataclass(frozen=True)
-class BatchFolders:
-    """``root / batch_key(photo_id, span)`` as a picklable callable (worker processes need that)."""
-
-    root: Path
-    span: int
-
-    def __call__(self, photo_id: int) -> Path:
-        return self.root / batch_key(photo_id, self.span)
 
 
 def _share(limits: HostLimits, n: int) -> HostLimits:

@@ -43,9 +43,10 @@ def fast_config(**overrides: object) -> DownloadConfig:
 
 
 def files_in(folder: Path) -> list[Path]:
-    """Every file below ``folder`` except manifests and their lock files, hidden ones included (to
-    catch .part files)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix not in (".parquet", ".lock"))
+    """Every file below ``folder`` except manifests, their lock files and the span record
+    (batches.json), hidden ones included (to catch .part files)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix not in (".parquet", ".lock") and p.name != "batches.json")
 
 
 def manifest_rows(path: Path) -> dict[int, dict[str, object]]:

@@ -40,7 +40,7 @@ def test_fetch_list_download_and_rerun(mirror: MirrorServer, tmp_path: Path, mon
     out = tmp_path / "images"
     assert main(cli_args(parquet, out, "--batch-span", "50000")) == 0
     # Batch folders by photo id // span (and the manifest's lock file, which stays: see locks.py).
-    assert sorted(p.name for p in out.iterdir()) == [".manifest.parquet.lock", "batch-000001", "batch-000002",
+    assert sorted(p.name for p in out.iterdir()) == [".manifest.parquet.lock", "batch-000001", "batch-000002", "batches.json",
                                                      "manifest.parquet"]
     assert (out / "batch-000002" / "100005.jpg").read_bytes() == served_bytes(100_005, "original", "jpg", IMAGE_BYTES)
     hits = mirror.total_hits
