@@ -29,7 +29,8 @@ def test_packaged_dagster_yaml_declares_queue_download_pool_retries_and_no_telem
         assert not instance.run_retries_retry_on_asset_or_op_failure  # failed batches belong to the sensor
         assert instance.run_monitoring_enabled
         assert instance.get_settings("telemetry") == {"enabled": False}
-        assert (tmp_path / "home" / "storage").is_dir()  # SQLite under DAGSTER_HOME
+        assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+        assert Path(instance.root_directory) == tmp_path / "home"
     finally:
         instance.dispose()
 
