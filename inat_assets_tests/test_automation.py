@@ -358,3 +358,25 @@ def test_local_source_version_is_size_and_mtime_and_a_missing_file_names_the_set
     assert observe_archive(str(archive)).version != first.version
     with pytest.raises(ArchiveError, match="INAT_DWCA_SOURCE"):
         observe_archive(str(tmp_path / "absent.zip"))
+
+
+def test_a_changed_declaration_code_version_requests_the_asset_again() -> None:
+    from dagster import asset
+
+    from inat_assets.automation import ARCHIVE_CHAIN_CONDITION
+
+    def declared(version: str):  # type: ignore[no-untyped-def]
+        @asset(name="fetch_list", code_version=version, automation_condition=ARCHIVE_CHAIN_CONDITION)
+        def fetch_list() -> None:
+            return None
+
+        return fetch_list
+
+    with instance_for_test() as instance:
+        assert materialize([declared("kingdom=Plantae")], instance=instance).success
+        result = evaluate_automation_conditions([declared("kingdom=Plantae")], instance)
+        assert result.total_requested == 0
+        result = evaluate_automation_conditions([declared("kingdom=Plantae")], instance, cursor=result.cursor)
+        assert result.total_requested == 0
+        result = evaluate_automation_conditions([declared("kingdom=Fungi")], instance, cursor=result.cursor)
+        assert result.total_requested == 1
