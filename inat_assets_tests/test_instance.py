@@ -24,7 +24,8 @@ def test_packaged_dagster_yaml_declares_queue_download_pool_retries_and_no_telem
         assert concurrency.run_queue_config is not None
         assert concurrency.run_queue_config.max_concurrent_runs == 4
         assert concurrency.pool_config.default_pool_limit == 1
-        assert instance.event_log_storage.get_concurrency_info("inat_downloads").limit == 1
+        downloads = instance.event_log_storage.get_concurrency_info("inat_downloads")
+        assert (downloads.limit, downloads.slot_count) == (1, 1)  # a row from the start: the queue counts it
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert not instance.run_retries_retry_on_asset_or_op_failure  # failed batches belong to the sensor
         assert instance.run_monitoring_enabled
@@ -57,3 +58,16 @@ def test_explicit_dagster_home_wins_and_its_own_dagster_yaml_is_kept(
 
 def test_export_line_quotes_paths_with_spaces(tmp_path: Path) -> None:
     assert export_line(tmp_path / "my data" / "dagster_home") == f"export DAGSTER_HOME='{tmp_path}/my data/dagster_home'"
+
+
+def test_a_download_pool_limit_set_by_hand_is_kept(tmp_path: Path) -> None:
+    instance = open_instance(tmp_path / "home")
+    try:
+        instance.event_log_storage.set_concurrency_slots("inat_downloads", 3)
+    finally:
+        instance.dispose()
+    instance = open_instance(tmp_path / "home")
+    try:
+        assert instance.event_log_storage.get_concurrency_info("inat_downloads").slot_count == 3
+    finally:
+        instance.dispose()

@@ -24,6 +24,7 @@ from dagster import DagsterInstance
 from inat_assets.storage import DataStore, atomic_write_bytes
 
 INSTANCE_FOLDER = "dagster_home"
+DOWNLOAD_POOL = "inat_downloads"  # the pool of every image batch asset (pool= in its @asset)
 _DEFAULT_DATA_DIR = "./data"  # InatSettings.data_dir's default: INAT_DATA_DIR unset means ./data
 
 
@@ -50,6 +51,17 @@ def ensure_dagster_home(path: Path | str | None = None) -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         atomic_write_bytes(config, packaged_dagster_yaml())
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        # The queue counts a pool only once it has a row in the instance; until the first download step
+        # creates it, the run queue let two batch runs start at once under the default limit of 1
+        # (seen with `dagster-daemon run`). Creating it here applies the default limit from the start;
+        # a limit set by hand (`dagster instance concurrency set`) is left alone.
+        storage = instance.event_log_storage
+        if DOWNLOAD_POOL not in storage.get_concurrency_keys():
+            storage.initialize_concurrency_limit_to_default(DOWNLOAD_POOL)
+    finally:
+        instance.dispose()
     return home
 
 
