@@ -27,8 +27,10 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
+    AssetPartitionStatus,
     AssetsDefinition,
     AssetSelection,
+    AssetSpec,
     AutomationCondition,
     AutomationConditionSensorDefinition,
     DagsterInstance,
@@ -48,7 +50,6 @@ from dagster import (
     observable_source_asset,
     sensor,
 )
-from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
 from inat_assets.dwca.observe import ArchiveFingerprint, observe_archive
 from inat_assets.errors import InatAssetsError
@@ -147,7 +148,7 @@ ARCHIVE_CHAIN_CONDITION = AutomationCondition.eager().replace(
 def follow_upstream(asset: AssetsDefinition, *, observe_source: bool = False) -> AssetsDefinition:
     """``asset`` with ARCHIVE_CHAIN_CONDITION; with ``observe_source`` also downstream of `dwca_source`."""
 
-    def automate(spec):  # type: ignore[no-untyped-def]
+    def automate(spec: AssetSpec) -> AssetSpec:
         deps = [*spec.deps, AssetDep(DWCA_SOURCE_KEY)] if observe_source else spec.deps
         return spec.replace_attributes(deps=deps, automation_condition=ARCHIVE_CHAIN_CONDITION)
 

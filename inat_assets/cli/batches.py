@@ -9,7 +9,6 @@ materialized, failed, in progress, or missing (never run).
 from __future__ import annotations
 
 import argparse
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ from dagster import AssetKey, DagsterInstance, Definitions, DynamicPartitionsDef
 
 from inat_assets.batches import batch_range, load_span
 from inat_assets.dwca.convert import sql_string
-from inat_assets.instance import open_instance
-from inat_assets.storage import DataStore
+from inat_assets.instance import data_store_from_env, open_instance
 
 STATUSES = ("materialized", "failed", "in-progress", "missing")
 FETCH_LIST_NAME = "fetch_parquet"
@@ -78,7 +76,7 @@ def _fetch_list(instance: DagsterInstance, dataset: ImageDataset) -> tuple[Path 
         path = Path(str(meta["path"])) if meta.get("path") else None
         span = int(meta["batch_span"]) if meta.get("batch_span") else None
     if span is None:
-        span = load_span(DataStore.from_setting(os.environ.get("INAT_DATA_DIR") or "./data").path("batches.json"))
+        span = load_span(data_store_from_env().path("batches.json"))
     return path, span
 
 

@@ -33,12 +33,17 @@ def packaged_dagster_yaml() -> bytes:
     return (files("inat_assets.instance") / "dagster.yaml").read_bytes()
 
 
+def data_store_from_env() -> DataStore:
+    """The data directory named by INAT_DATA_DIR (default ./data), for commands that run outside Dagster."""
+    return DataStore.from_setting(os.environ.get("INAT_DATA_DIR") or _DEFAULT_DATA_DIR)
+
+
 def default_dagster_home() -> Path:
     """``$DAGSTER_HOME`` if set, else ``<INAT_DATA_DIR or ./data>/dagster_home``, as an absolute path."""
     explicit = os.environ.get("DAGSTER_HOME")
     if explicit:
         return Path(explicit).expanduser().resolve()
-    return DataStore.from_setting(os.environ.get("INAT_DATA_DIR") or _DEFAULT_DATA_DIR).path(INSTANCE_FOLDER)
+    return data_store_from_env().path(INSTANCE_FOLDER)
 
 
 def ensure_dagster_home(path: Path | str | None = None) -> Path:
