@@ -17,22 +17,34 @@ from inat_assets.assets.tables import (
     observations_reject_share,
     unique_observation_ids,
 )
+from inat_assets.automation import (
+    archive_automation_sensor,
+    archive_check_schedule,
+    automate_archive_chain,
+    dwca_source,
+    dwca_source_observation_job,
+)
 from inat_assets.resources import inat_resources
 
 tables_job = dg.define_asset_job(
     "tables_job",
-    selection=dg.AssetSelection.assets(dwca_archive, observations_parquet, media_parquet),
-    description="Archive -> observations/media Parquet (shared by every dataset).",
+    # dwca_source is observed in the same run, so automation knows which archive version the tables came from.
+    selection=dg.AssetSelection.assets(dwca_source.key)
+    | dg.AssetSelection.assets(dwca_archive, observations_parquet, media_parquet),
+    description="Observe the archive source -> archive -> observations/media Parquet (shared by every dataset).",
 )
+
 
 
 
 def _load_definitions() -> dg.Definitions:
     # Built in a function: Dagster's loaders refuse a module with more than one Definitions at its top.
     shared = dg.Definitions(
-        assets=[dwca_archive, observations_parquet, media_parquet],
+        assets=[dwca_source, *automate_archive_chain(dwca_archive, [observations_parquet, media_parquet])],
         asset_checks=[observations_reject_share, media_reject_share, unique_observation_ids],
-        jobs=[tables_job],
+        jobs=[tables_job, dwca_source_observation_job],
+        schedules=[archive_check_schedule()],
+        sensors=[archive_automation_sensor()],
         resources=inat_resources(),
     )
     declared = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

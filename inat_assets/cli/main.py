@@ -1,4 +1,9 @@
-"""The `inat-assets` command: `demo` runs the whole graph offline; `sample` writes a sample archive."""
+"""The `inat-assets` command.
+
+`demo` runs the whole graph offline; `sample` writes a sample archive; `batches` lists image batches and
+their status; `env` prints the DAGSTER_HOME line for plain `dagster` commands. Commands that take their
+own options are handed the rest of the command line (``add_help=False``) and parse it themselves.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         help="write a synthetic sample archive (see `inat-assets sample --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "batches",
+        help="list image batch keys: photo-id range, photo count, status (see `inat-assets batches --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "env",
+        help="print `export DAGSTER_HOME=...` (the data directory's instance) for plain `dagster` commands",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "sample":
         from inat_assets.testing.sample import main as sample_main
@@ -36,8 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return photos.run(args)
+    if args.command == "batches":
+        from inat_assets.cli.batches import main as batches_main
+
+        return batches_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "env":
+        from inat_assets.instance import ensure_dagster_home, export_line
+
+        print(export_line(ensure_dagster_home()))
+        return 0
     from inat_assets.cli.demo import default_data_dir, run_demo
 
     return run_demo((args.data_dir or default_data_dir()).resolve())

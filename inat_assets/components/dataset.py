@@ -348,11 +348,15 @@ def dataset_definitions(dataset: InatDataset, retry_policy: dg.RetryPolicy | Non
     # Imported here: the asset modules import this one for the declaration's types.
     from inat_assets.assets.fetch_list import build_fetch_list_check, build_fetch_parquet
     from inat_assets.assets.images import BATCH_RETRY_POLICY, build_image_batches
+    from inat_assets.automation import batch_fill_sensor, follow_upstream
 
-    fetch = build_fetch_parquet(dataset)
+    # The fetch list follows a rebuilt table or a changed declaration (its code version) under the
+    # archive_automation sensor; the batches are filled by this dataset's own batch-fill sensor.
+    fetch = follow_upstream(build_fetch_parquet(dataset))
     images = build_image_batches(dataset, fetch, retry_policy or BATCH_RETRY_POLICY)
     return dg.Definitions(
         assets=[fetch, images],
+        sensors=[batch_fill_sensor(images, dataset.name)],
         asset_checks=[build_fetch_list_check(dataset, fetch)],
         jobs=[
             dg.define_asset_job(
