@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--data-dir", type=Path, default=None, help="output folder (default: $INAT_DATA_DIR, else ./demo-data)"
     )
+    ui = commands.add_parser(
+        "ui", help="the Dagster UI and daemon; --demo: offline on the bundled sample and a local photo mirror"
+    )
+    ui.add_argument("--demo", action="store_true", help="bundled sample archive, local photo mirror, ./demo-data")
+    ui.add_argument("--port", type=int, default=3000, help="webserver port (default 3000)")
     commands.add_parser(
         "sample",
         help="write a synthetic sample archive (see `inat-assets sample --help`)",
@@ -27,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from inat_assets.testing.sample import main as sample_main
 
         return sample_main(rest)
+    if args.command == "ui" and not rest:
+        from inat_assets.cli.ui import main as ui_main
+
+        return ui_main(demo=args.demo, port=args.port)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from inat_assets.cli.demo import default_data_dir, run_demo

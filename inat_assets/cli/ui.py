@@ -1,0 +1,141 @@
+"""`inat-assets ui [--demo] [--port N]`: the Dagster UI (webserver and daemon) on this project.
+
+`--demo` is the offline first look: the bundled sample archive, photos from a local mirror on
+127.0.0.1 (started here unless INAT_PHOTO_MIRROR names one), output in $INAT_DATA_DIR or ./demo-data,
+and the instance in <data dir>/dagster_home unless DAGSTER_HOME is set. Nothing leaves the machine,
+so "Materialize all" is safe to click.
+
+Without `--demo` the archive is an explicit choice: INAT_DWCA_SOURCE must name it (the official URL
+of the ~25 GB zip, or a local copy); the command refuses to start otherwise instead of pointing the
+UI at a 25 GB download.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from importlib.resources import as_file, files
+from pathlib import Path
+from types import FrameType
+
+from inat_assets.errors import InatAssetsError
+from inat_assets.resources import OFFICIAL_DWCA_URL
+
+DEFAULT_PORT = 3000
+DEMO_DATA_DIR = "demo-data"
+# The bundled sample's ~190 plant photos fall into four batches of this span (as in `inat-assets demo`).
+DEMO_BATCH_SPAN = "500"
+# `dagster dev` loads the code location from the installed package, so this works from any folder.
+DEFINITIONS_MODULE = "inat_assets.definitions"
+
+# Until inat_assets.instance (the packaged dagster.yaml) exists, an instance with the settings the
+# UI needs: telemetry off, runs queued with a limit, one download batch at a time (pool limit 1).
+_MINIMAL_DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 4
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+
+class SourceNotChosen(InatAssetsError):
+    """`inat-assets ui` without --demo and without INAT_DWCA_SOURCE."""
+
+
+def ensure_home(path: Path) -> Path:
+    """DAGSTER_HOME at ``path`` with the project's dagster.yaml (created when missing)."""
+    try:
+        from inat_assets.instance import ensure_dagster_home  # type: ignore[import-not-found]
+    except ImportError:
+        path.mkdir(parents=True, exist_ok=True)
+        config = path / "dagster.yaml"
+        if not config.exists():
+            config.write_text(_MINIMAL_DAGSTER_YAML)
+        return path
+    return ensure_dagster_home(path)
+
+
+def dagster_dev_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """`dagster dev` (webserver + daemon) for the installed definitions, from this interpreter."""
+    return [sys.executable, "-m", "dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
+
+
+@contextmanager
+def demo_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """The environment of a demo UI: sample archive, local mirror, demo data dir and instance."""
+    with ExitStack() as stack:
+        env = dict(environ)
+        sample = stack.enter_context(as_file(files("inat_assets") / "sample_data" / "sample-dwca.zip"))
+        env["INAT_DWCA_SOURCE"] = str(sample)
+        data_dir = Path(env.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()
+        env["INAT_DATA_DIR"] = str(data_dir)
+        env.setdefault("INAT_BATCH_SPAN", DEMO_BATCH_SPAN)
+        if not env.get("INAT_PHOTO_MIRROR"):
+            from inat_assets.testing.mirror import serve_mirror
+
+            mirror = stack.enter_context(serve_mirror(("127.0.0.1",)))
+            env["INAT_PHOTO_MIRROR"] = mirror.base_url()
+        # Photos may come only from the mirror: a demo never reaches iNaturalist.
+        env["INAT_ALLOWED_HOSTS"] = "127.0.0.1"
+        env["DAGSTER_HOME"] = str(ensure_home(Path(env.get("DAGSTER_HOME") or data_dir / "dagster_home")))
+        yield env
+
+
+def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    env = dict(environ)
+    if not env.get("INAT_DWCA_SOURCE"):
+        raise SourceNotChosen(
+            "INAT_DWCA_SOURCE is not set: choose the archive explicitly, e.g. "
+            f"`export INAT_DWCA_SOURCE={OFFICIAL_DWCA_URL}` (about 25 GB) or the path of a local copy, "
+            "and INAT_DATA_DIR for the outputs; or run `inat-assets ui --demo` for the offline sample."
+        )
+    data_dir = Path(env.get("INAT_DATA_DIR") or "data").resolve()
+    env["DAGSTER_HOME"] = str(ensure_home(Path(env.get("DAGSTER_HOME") or data_dir / "dagster_home")))
+    return env
+
+
+def run_dagster_dev(env: Mapping[str, str], port: int) -> int:
+    """Run `dagster dev` until it exits or this process is asked to stop (then stop it cleanly)."""
+    print(
+        f"inat-assets ui: http://127.0.0.1:{port}  archive {env['INAT_DWCA_SOURCE']}\n"
+        f"  data {env.get('INAT_DATA_DIR', './data')}  instance {env['DAGSTER_HOME']}"
+        + (f"  photo mirror {env['INAT_PHOTO_MIRROR']}" if env.get("INAT_PHOTO_MIRROR") else ""),
+        flush=True,
+    )
+    child = subprocess.Popen(dagster_dev_command(port), env=dict(env))
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        # dagster dev shuts its webserver, daemon and code server down on SIGINT/SIGTERM.
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            child.terminate()
+            child.wait(30)
+
+
+def main(demo: bool, port: int) -> int:
+    if demo:
+        with demo_environment(os.environ) as env:
+            return run_dagster_dev(env, port)
+    try:
+        env = real_environment(os.environ)
+    except SourceNotChosen as exc:
+        print(f"inat-assets ui: {exc}", file=sys.stderr)
+        return 2
+    return run_dagster_dev(env, port)
