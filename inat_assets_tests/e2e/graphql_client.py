@@ -16,7 +16,6 @@ import httpx
 REPOSITORY_NAME = "__repository__"  # the repository a Definitions object becomes
 ASSET_JOB = "__ASSET_JOB"  # the implicit job the UI's "Materialize" launches
 RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
-BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 LOCATIONS = """
 query Locations {
@@ -269,8 +268,12 @@ class DagsterGraphQL:
         result = self.execute(LAUNCH_RUN, {"params": params})["launchRun"]
         return self._expect(result, "LaunchRunSuccess")["run"]["runId"]
 
-    def launch_backfill_all_partitions(self, keys: Sequence[str]) -> str:
-        params = {"assetSelection": [asset_key_input(k) for k in keys], "allPartitions": True}
+    def launch_backfill_all_partitions(self, keys: Sequence[str], run_config: dict | None = None) -> str:
+        params = {
+            "assetSelection": [asset_key_input(k) for k in keys],
+            "allPartitions": True,
+            "runConfigData": run_config or {},
+        }
         result = self.execute(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
         return self._expect(result, "LaunchBackfillSuccess")["backfillId"]
 
