@@ -16,11 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from importlib.resources import as_file, files
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote
 
 from inat_assets.errors import InatAssetsError
 from inat_assets.resources import OFFICIAL_DWCA_URL
@@ -29,6 +30,9 @@ DEFAULT_PORT = 3000
 DEMO_DATA_DIR = "demo-data"
 # The bundled sample's ~190 plant photos fall into four batches of this span (as in `inat-assets demo`).
 DEMO_BATCH_SPAN = "500"
+# The sample's deliberate malformed lines (0.99 % of observations) would fail the 0.1 % reject check
+# and show the tables red on a first look; 2 % keeps the check meaningful for the sample.
+DEMO_MAX_REJECT_SHARE = "0.02"
 # `dagster dev` loads the code location from the installed package, so this works from any folder.
 DEFINITIONS_MODULE = "inat_assets.definitions"
 
@@ -80,6 +84,7 @@ def demo_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
         data_dir = Path(env.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()
         env["INAT_DATA_DIR"] = str(data_dir)
         env.setdefault("INAT_BATCH_SPAN", DEMO_BATCH_SPAN)
+        env.setdefault("INAT_MAX_REJECT_SHARE", DEMO_MAX_REJECT_SHARE)
         if not env.get("INAT_PHOTO_MIRROR"):
             from inat_assets.testing.mirror import serve_mirror
 
@@ -104,10 +109,29 @@ def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def lineage_url(base_url: str, groups: Iterable[str]) -> str:
+    """The global lineage with these asset groups open.
+
+    Dagster's UI opens the global lineage with every group collapsed to a box (its default when there
+    is more than one group; the open groups live only in the URL's `expanded` parameter and the
+    browser's local storage), so this link is how a first look shows the whole graph.
+    """
+    expanded = ",".join(f"global@global:{group}" for group in sorted(groups))
+    return f"{base_url.rstrip('/')}/asset-groups?expanded={quote(expanded, safe='@:,')}"
+
+
+def asset_groups() -> set[str]:
+    from inat_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    return {graph.get(key).group_name for key in graph.materializable_asset_keys}
+
+
 def run_dagster_dev(env: Mapping[str, str], port: int) -> int:
     """Run `dagster dev` until it exits or this process is asked to stop (then stop it cleanly)."""
     print(
         f"inat-assets ui: http://127.0.0.1:{port}  archive {env['INAT_DWCA_SOURCE']}\n"
+        f"  whole graph: {lineage_url(f'http://127.0.0.1:{port}', asset_groups())}\n"
         f"  data {env.get('INAT_DATA_DIR', './data')}  instance {env['DAGSTER_HOME']}"
         + (f"  photo mirror {env['INAT_PHOTO_MIRROR']}" if env.get("INAT_PHOTO_MIRROR") else ""),
         flush=True,

@@ -170,7 +170,13 @@ mutation StopSchedule($id: String!) {
   }
 }"""
 
+SET_NUX_SEEN = """
+mutation SetNuxSeen {
+  setNuxSeen
+}"""
+
 DOCUMENTS = [
+    SET_NUX_SEEN,
     LOCATIONS, ASSET_GRAPH, LAUNCH_RUN, LAUNCH_BACKFILL, BACKFILL_STATUS, RUN_STATUS, RUNS, RUN_EVENTS,
     PARTITION_STATUSES, SENSOR_STATE, START_SENSOR, STOP_SENSOR, SCHEDULE_STATE, START_SCHEDULE, STOP_SCHEDULE,
 ]
@@ -252,6 +258,10 @@ class DagsterGraphQL:
             )
             for n in self.execute(ASSET_GRAPH)["assetNodes"]
         }
+
+    def set_nux_seen(self) -> None:
+        """Dismiss Dagster's first-visit newsletter dialog for this instance (as its "Skip" does)."""
+        assert self.execute(SET_NUX_SEEN)["setNuxSeen"] is True
 
     # Runs and backfills -------------------------------------------------------------------------
     def launch_assets(self, location: str, keys: Iterable[str], run_config: dict | None = None) -> str:
