@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     photos.add_arguments(
         commands.add_parser("photos", help="photos on disk: `photos unused [--delete]` lists those no dataset selects")
     )
+    ui = commands.add_parser(
+        "ui", help="the Dagster UI and daemon; --demo: offline on the bundled sample and a local photo mirror"
+    )
+    ui.add_argument("--demo", action="store_true", help="bundled sample archive, local photo mirror, ./demo-data")
+    ui.add_argument("--port", type=int, default=3000, help="webserver port (default 3000)")
     commands.add_parser(
         "sample",
         help="write a synthetic sample archive (see `inat-assets sample --help`)",
@@ -54,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from inat_assets.cli.batches import main as batches_main
 
         return batches_main(rest)
+    if args.command == "ui" and not rest:
+        from inat_assets.cli.ui import main as ui_main
+
+        return ui_main(demo=args.demo, port=args.port)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "env":

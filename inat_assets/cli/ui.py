@@ -1,0 +1,142 @@
+"""`inat-assets ui [--demo] [--port N]`: the Dagster UI (webserver and daemon) on this project.
+
+`--demo` is the offline first look: the bundled sample archive, photos from a local mirror on
+127.0.0.1 (started here unless INAT_PHOTO_MIRROR names one), output in $INAT_DATA_DIR or ./demo-data,
+and the instance in <data dir>/dagster_home unless DAGSTER_HOME is set. Nothing leaves the machine,
+so "Materialize all" is safe to click.
+
+Without `--demo` the archive is an explicit choice: INAT_DWCA_SOURCE must name it (the official URL
+of the ~25 GB zip, or a local copy); the command refuses to start otherwise instead of pointing the
+UI at a 25 GB download.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from importlib.resources import as_file, files
+from pathlib import Path
+from types import FrameType
+from urllib.parse import quote
+
+from inat_assets.errors import InatAssetsError
+from inat_assets.instance import ensure_dagster_home
+from inat_assets.resources import OFFICIAL_DWCA_URL
+
+DEFAULT_PORT = 3000
+DEMO_DATA_DIR = "demo-data"
+# The bundled sample's ~190 plant photos fall into four batches of this span (as in `inat-assets demo`).
+DEMO_BATCH_SPAN = "500"
+# The sample's deliberate malformed lines (0.99 % of observations) would fail the 0.1 % reject check
+# and show the tables red on a first look; 2 % keeps the check meaningful for the sample.
+DEMO_MAX_REJECT_SHARE = "0.02"
+# `dagster dev` loads the code location from the installed package, so this works from any folder.
+DEFINITIONS_MODULE = "inat_assets.definitions"
+
+class SourceNotChosen(InatAssetsError):
+    """`inat-assets ui` without --demo and without INAT_DWCA_SOURCE."""
+
+
+def dagster_dev_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """`dagster dev` (webserver + daemon) for the installed definitions, from this interpreter."""
+    return [sys.executable, "-m", "dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
+
+
+@contextmanager
+def demo_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """The environment of a demo UI: sample archive, local mirror, demo data dir and instance."""
+    with ExitStack() as stack:
+        env = dict(environ)
+        sample = stack.enter_context(as_file(files("inat_assets") / "sample_data" / "sample-dwca.zip"))
+        env["INAT_DWCA_SOURCE"] = str(sample)
+        data_dir = Path(env.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()
+        env["INAT_DATA_DIR"] = str(data_dir)
+        env.setdefault("INAT_BATCH_SPAN", DEMO_BATCH_SPAN)
+        env.setdefault("INAT_MAX_REJECT_SHARE", DEMO_MAX_REJECT_SHARE)
+        if not env.get("INAT_PHOTO_MIRROR"):
+            from inat_assets.testing.mirror import serve_mirror
+
+            mirror = stack.enter_context(serve_mirror(("127.0.0.1",)))
+            env["INAT_PHOTO_MIRROR"] = mirror.base_url()
+        # Photos may come only from the mirror: a demo never reaches iNaturalist.
+        env["INAT_ALLOWED_HOSTS"] = "127.0.0.1"
+        env["DAGSTER_HOME"] = str(ensure_dagster_home(Path(env.get("DAGSTER_HOME") or data_dir / "dagster_home")))
+        yield env
+
+
+def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    env = dict(environ)
+    if not env.get("INAT_DWCA_SOURCE"):
+        raise SourceNotChosen(
+            "INAT_DWCA_SOURCE is not set: choose the archive explicitly, e.g. "
+            f"`export INAT_DWCA_SOURCE={OFFICIAL_DWCA_URL}` (about 25 GB) or the path of a local copy, "
+            "and INAT_DATA_DIR for the outputs; or run `inat-assets ui --demo` for the offline sample."
+        )
+    data_dir = Path(env.get("INAT_DATA_DIR") or "data").resolve()
+    env["DAGSTER_HOME"] = str(ensure_dagster_home(Path(env.get("DAGSTER_HOME") or data_dir / "dagster_home")))
+    return env
+
+
+def lineage_url(base_url: str, groups: Iterable[str]) -> str:
+    """The global lineage with these asset groups open.
+
+    Dagster's UI opens the global lineage with every group collapsed to a box (its default when there
+    is more than one group; the open groups live only in the URL's `expanded` parameter and the
+    browser's local storage), so this link is how a first look shows the whole graph.
+    """
+    expanded = ",".join(f"global@global:{group}" for group in sorted(groups))
+    return f"{base_url.rstrip('/')}/asset-groups?expanded={quote(expanded, safe='@:,')}"
+
+
+def asset_groups() -> set[str]:
+    from inat_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    return {graph.get(key).group_name for key in graph.materializable_asset_keys}
+
+
+def run_dagster_dev(env: Mapping[str, str], port: int) -> int:
+    """Run `dagster dev` until it exits or this process is asked to stop (then stop it cleanly)."""
+    print(
+        f"inat-assets ui: http://127.0.0.1:{port}  archive {env['INAT_DWCA_SOURCE']}\n"
+        f"  whole graph: {lineage_url(f'http://127.0.0.1:{port}', asset_groups())}\n"
+        f"  data {env.get('INAT_DATA_DIR', './data')}  instance {env['DAGSTER_HOME']}"
+        + (f"  photo mirror {env['INAT_PHOTO_MIRROR']}" if env.get("INAT_PHOTO_MIRROR") else ""),
+        flush=True,
+    )
+    child = subprocess.Popen(dagster_dev_command(port), env=dict(env))
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        # dagster dev stops its webserver, daemon and code servers on SIGINT/SIGTERM. Seen here with
+        # dagster 1.13.27: after a run, they sometimes stayed alive for minutes after the daemon logged
+        # "Daemon threads shut down" (the e2e harness therefore kills its process group).
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def main(demo: bool, port: int) -> int:
+    if demo:
+        with demo_environment(os.environ) as env:
+            return run_dagster_dev(env, port)
+    try:
+        env = real_environment(os.environ)
+    except SourceNotChosen as exc:
+        print(f"inat-assets ui: {exc}", file=sys.stderr)
+        return 2
+    return run_dagster_dev(env, port)
