@@ -124,18 +124,21 @@ def build_training_dataset(
     manifests: Path | Sequence[Path],
     out_dir: Path,
     archive_info: Mapping[str, str] | None = None,
+    *,
+    plots: bool = True,
 ) -> TrainingDatasetResult:
     """Build the index, attribution, card, plots and the declared exports in ``out_dir``.
 
     ``manifests`` is the folder of batch manifests (every ``*.parquet`` in it) or a list of them;
     batches not materialized yet are simply absent and reported as not downloaded. ``con`` should
     already carry the project's memory limit and spill folder. ``archive_info`` (e.g. date, ETag,
-    URL of the archive) goes into the card as given. Holds ``out_dir/.lock`` while building.
+    URL of the archive) goes into the card as given. ``plots=False`` skips the PNGs (about 0.5 s
+    each to render; tests that do not look at them skip them). Holds ``out_dir/.lock`` while building.
     """
     paths = sorted(manifests.glob("*.parquet")) if isinstance(manifests, Path) else sorted(manifests)
     out_dir.mkdir(parents=True, exist_ok=True)
     with locked(out_dir / ".lock", purpose=f"building the training dataset in {out_dir}"):
-        return _build(con, options, fetch_list, observations_table, paths, out_dir, dict(archive_info or {}))
+        return _build(con, options, fetch_list, observations_table, paths, out_dir, dict(archive_info or {}), plots)
 
 
 def _build(
@@ -146,6 +149,7 @@ def _build(
     manifests: list[Path],
     out_dir: Path,
     archive_info: dict[str, str],
+    with_plots: bool,
 ) -> TrainingDatasetResult:
     index = out_dir / INDEX_NAME
     candidates = select_candidates(con, options, fetch_list, observations, manifests)
@@ -182,7 +186,7 @@ def _build(
         exports["webdataset"] = [p for split_paths in shards.values() for p in split_paths]
     if ex.coco:
         exports["coco"] = write_coco(con, index, out_dir, imagefolder=ex.imagefolder is not None, has_mini=has_mini)
-    plots = write_plots(con, index, out_dir, candidates.batches)
+    plots = write_plots(con, index, out_dir, candidates.batches) if with_plots else {}
     result = TrainingDatasetResult(
         out_dir=out_dir,
         index=index,
