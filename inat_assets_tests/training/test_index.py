@@ -38,7 +38,7 @@ def test_index_rows_equal_usable_photos_minus_each_counted_drop(world: World, tm
     assert d.duplicate_sha256 == 1
     ids = {r["photo_id"] for r in rows}
     assert world.duplicate_ids[0] in ids and world.duplicate_ids[1] not in ids
-    assert INDEX_COLUMNS <= set(rows[0])
+    assert set(rows[0]) >= INDEX_COLUMNS
     assert {r["license"] for r in rows} <= {"CC0", "CC-BY"}
     assert all(r["width"] == 8 and r["observation_url"].endswith(str(r["observation_id"])) for r in rows)
 
@@ -72,7 +72,7 @@ def test_caps_hold_in_the_index_and_small_classes_are_dropped_and_listed(world: 
     assert max(Counter(r["observation_id"] for r in rows).values()) == 1
     assert max(Counter((r["label"], r["observer_login"]) for r in rows).values()) <= 2
     per_class = Counter(r["label"] for r in rows)
-    assert 4 <= min(per_class.values()) and max(per_class.values()) <= 6
+    assert min(per_class.values()) >= 4 and max(per_class.values()) <= 6
     dropped = dict(result.classes_below_minimum)
     assert dropped and not set(dropped) & set(per_class) and sum(dropped.values()) == d.class_below_minimum
     # The per-observation cap keeps an observation's first usable photo (lowest id, the archive's order).

@@ -51,6 +51,7 @@ def _batch(photo_id: int) -> str:
 
 
 def make_world(root: Path, *, seed: int = 1, species: int = 9, with_dimensions: bool = True) -> World:
+    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     obs_rows, media_rows = [], []
     photo_id, obs_id = 1000, 5000

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from inat_assets.errors import TrainingDatasetError
 from inat_assets.training.options import ResizeOptions
 
 READ_BATCH_ROWS = 2048
@@ -47,12 +48,26 @@ def extension(path: str) -> str:
     return "jpg" if ext in ("jpeg", "") else ext
 
 
-def exported_bytes(path: str, resize: ResizeOptions | None) -> tuple[bytes, str]:
+def missing_photo(row: dict, exc: OSError) -> TrainingDatasetError:
+    return TrainingDatasetError(
+        f"photo {row['photo_id']} (batch {row['batch']}) is listed as downloaded but {row['path']} cannot be read "
+        f"({exc.strerror or exc}); re-materialize batch {row['batch']} so its manifest matches the files on disk"
+    )
+
+
+def read_photo(row: dict) -> bytes:
+    try:
+        return Path(row["path"]).read_bytes()
+    except OSError as exc:
+        raise missing_photo(row, exc) from exc
+
+
+def exported_bytes(row: dict, resize: ResizeOptions | None) -> tuple[bytes, str]:
     """The bytes to export for one photo and their extension: the original, or a resized JPEG copy.
 
     Photos already within ``longest_side`` are exported unchanged (re-encoding would only lose quality).
     """
-    data = Path(path).read_bytes()
+    data, path = read_photo(row), row["path"]
     if resize is None:
         return data, extension(path)
     from PIL import Image  # only the resize needs Pillow; imported here to keep the index path light

@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from inat_assets.training.exports import exported_bytes, extension, replaced_folder, rows_of
+from inat_assets.training.exports import exported_bytes, extension, missing_photo, replaced_folder, rows_of
 from inat_assets.training.options import ImageFolderExport, ResizeOptions
 
 METADATA_FIELDS = (
@@ -31,15 +31,19 @@ def label_folder(label: str) -> str:
     return re.sub(r"[/\\\x00-\x1f]", "_", label).strip(". ") or "_"
 
 
-def _place(source: str, target: Path, spec: ImageFolderExport) -> None:
-    if spec.link == "hardlink":
-        try:
-            os.link(source, target)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise
-    shutil.copyfile(source, target)
+def _place(row: dict, target: Path, spec: ImageFolderExport) -> None:
+    source = row["path"]
+    try:
+        if spec.link == "hardlink":
+            try:
+                os.link(source, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+        shutil.copyfile(source, target)
+    except FileNotFoundError as exc:
+        raise missing_photo(row, exc) from exc
 
 
 def write_imagefolder(index: Path, out_dir: Path, spec: ImageFolderExport, resize: ResizeOptions | None) -> Path:
@@ -57,9 +61,9 @@ def write_imagefolder(index: Path, out_dir: Path, spec: ImageFolderExport, resiz
                         made.add(folder)
                     if resize is None:
                         name = f"{folder}/{row['photo_id']}.{extension(row['path'])}"
-                        _place(row["path"], split_dir / name, spec)
+                        _place(row, split_dir / name, spec)
                     else:
-                        data, ext = exported_bytes(row["path"], resize)
+                        data, ext = exported_bytes(row, resize)
                         name = f"{folder}/{row['photo_id']}.{ext}"
                         (split_dir / name).write_bytes(data)
                     record = {"file_name": name, **{k: row[k] for k in METADATA_FIELDS}}

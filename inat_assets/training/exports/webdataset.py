@@ -46,7 +46,7 @@ def write_shards(
             tar: tarfile.TarFile | None = None
             size = count = 0
             for row in rows_of(index, split):
-                data, ext = exported_bytes(row["path"], resize)
+                data, ext = exported_bytes(row, resize)
                 meta = _json_row(row)
                 need = len(data) + len(meta) + _TAR_OVERHEAD
                 full = tar is not None and (
