@@ -44,7 +44,7 @@ def rows_of(index: Path, split: str) -> Iterator[dict]:
 
 
 def extension(path: str) -> str:
-    ext = Path(path).suffix.lower().lstrip(".")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
     return "jpg" if ext in ("jpeg", "") else ext
 
 
@@ -57,7 +57,8 @@ def missing_photo(row: dict, exc: OSError) -> TrainingDatasetError:
 
 def read_photo(row: dict) -> bytes:
     try:
-        return Path(row["path"]).read_bytes()
+        with open(row["path"], "rb") as fh:
+            return fh.read()
     except OSError as exc:
         raise missing_photo(row, exc) from exc
 
