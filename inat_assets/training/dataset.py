@@ -26,6 +26,7 @@ from inat_assets.locks import locked
 from inat_assets.storage import atomic_path, atomic_write_bytes
 from inat_assets.training.attribution import write_attribution
 from inat_assets.training.card import write_card
+from inat_assets.training.dimensions import fill_missing_dimensions
 from inat_assets.training.exports.coco import write_coco
 from inat_assets.training.exports.imagefolder import write_imagefolder
 from inat_assets.training.exports.webdataset import write_shards
@@ -55,6 +56,7 @@ class TrainingDatasetResult:
     classes_below_minimum: list[tuple[str, int]]
     classes_short_of_minimum: dict[str, int]  # classes below the declared val/test minimum, per split
     reused_split_groups: int  # groups whose split came from the previous build
+    dimensions_read_from_files: int  # photos whose width/height the manifests lacked (read from headers)
     batches: list[BatchStats]
     attribution: Path
     card: Path
@@ -154,6 +156,8 @@ def _build(
     index = out_dir / INDEX_NAME
     candidates = select_candidates(con, options, fetch_list, observations, manifests)
     reused = assign_splits(con, options, index)
+    # Manifests without width/height (written before they carried them): read the kept photos' headers.
+    header_reads = fill_missing_dimensions(con, "training_usable", "SELECT photo_id FROM training_split", out_dir / ".dimensions.parquet")
     _write_index(con, options, fetch_list, observations, index)
     source = f"read_parquet({sql_string(index)})"
     has_mini = options.mini_per_class is not None
@@ -202,6 +206,7 @@ def _build(
         classes_below_minimum=candidates.classes_below_minimum,
         classes_short_of_minimum=short,
         reused_split_groups=reused,
+        dimensions_read_from_files=header_reads,
         batches=candidates.batches,
         attribution=out_dir / "ATTRIBUTION.csv",
         card=out_dir / "README.md",

@@ -7,7 +7,7 @@ import duckdb
 
 from inat_assets.training import TrainingOptions, build_training_dataset, summary_text
 from inat_assets_tests.training.conftest import build, index_rows
-from inat_assets_tests.training.world import World
+from inat_assets_tests.training.world import World, make_world
 
 INDEX_COLUMNS = {
     "path", "photo_id", "observation_id", "label", "label_id", "kingdom", "phylum", "class", "order",
@@ -108,3 +108,11 @@ def test_no_manifests_yet_builds_an_empty_dataset_that_says_everything_is_missin
         )
     assert result.rows == 0 and result.drops.not_downloaded == result.fetch_rows > 0
     assert "100.0% missing" in summary_text(result)
+
+
+def test_dimensions_missing_from_manifests_are_read_from_the_image_headers(tmp_path: Path) -> None:
+    world = make_world(tmp_path / "w", species=3, with_dimensions=False)
+    result = build(world, tmp_path / "ds")
+    rows = index_rows(result)
+    assert result.dimensions_read_from_files == len(rows) > 0
+    assert all((r["width"], r["height"]) == (8, 8) for r in rows)
