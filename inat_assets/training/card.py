@@ -44,7 +44,11 @@ def card_text(r: TrainingDatasetResult, options: TrainingOptions) -> str:
         f"- Photos and observations come from iNaturalist users; see iNaturalist's [terms]({INAT_TERMS}) and the "
         f"[Creative Commons licences]({CC_LICENSES}). Every photo's creator and licence is in `ATTRIBUTION.csv`.",
         "",
-        "## Selection (the declaration's training section)",
+        "## Selection",
+        "",
+        *(["Photos selected by the declaration's filters:", "", "```json", json.dumps(r.selection, indent=2, default=str), "```", ""]
+          if r.selection else []),
+        "The declaration's training section:",
         "",
         "```json",
         json.dumps(options.model_dump(mode="json"), indent=2),

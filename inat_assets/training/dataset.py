@@ -64,6 +64,7 @@ class TrainingDatasetResult:
     exports: dict[str, list[Path]] = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     archive_info: dict[str, str] = field(default_factory=dict)
+    selection: dict[str, object] = field(default_factory=dict)
 
     @property
     def missing_fraction(self) -> float:
@@ -91,7 +92,15 @@ class TrainingDatasetResult:
 def _write_index(con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch_list: Path, observations: Path, index: Path) -> None:
     """COPY the kept photos with their wide columns, sorted by (split, photo_id) for per-split reads."""
     fetch = f"read_parquet({sql_string(fetch_list)})"
-    obs = f'read_parquet({sql_string(observations)})'
+    obs = f"read_parquet({sql_string(observations)})"
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {obs}").fetchall()}
+    # Coordinates are not in fetch.parquet; older or trimmed tables may lack them (then NULL).
+    coordinates = ", ".join(
+        f"{name} AS {alias}" if name in present else f"NULL::DOUBLE AS {alias}"
+        for name, alias in (("decimalLatitude", "latitude"), ("decimalLongitude", "longitude"),
+                            ("coordinateUncertaintyInMeters", "location_uncertainty"))
+    )  # fmt: skip
+    url = "occurrenceID" if "occurrenceID" in present else "NULL::VARCHAR"
     con.execute("SET preserve_insertion_order = true")
     with atomic_path(index) as tmp:
         con.execute(
@@ -104,13 +113,14 @@ def _write_index(con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch
                        u.width, u.height, u.bytes, u.sha256,
                        f.license, f.license_url, f.creator, f.rights_holder,
                        s.observer AS observer_login,
-                       coalesce(o.occurrenceID, 'https://www.inaturalist.org/observations/' || s.observation_id) AS observation_url,
-                       f.url AS photo_url, f.event_date, f.country_code, u.batch,
+                       coalesce(o.url, 'https://www.inaturalist.org/observations/' || s.observation_id) AS observation_url,
+                       f.url AS photo_url, f.event_date, f.country_code,
+                       o.latitude, o.longitude, o.location_uncertainty, u.batch,
                        s.split, s.mini, s.split_group
                 FROM training_split AS s
                 JOIN training_usable AS u USING (photo_id)
                 JOIN {fetch} AS f USING (photo_id)
-                LEFT JOIN (SELECT id, occurrenceID FROM {obs}) AS o ON o.id = s.observation_id
+                LEFT JOIN (SELECT id, {url} AS url, {coordinates} FROM {obs}) AS o ON o.id = s.observation_id
                 ORDER BY list_position(['train', 'val', 'test'], s.split), s.photo_id
             ) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {INDEX_ROW_GROUP_ROWS},
                                     KV_METADATA {{{FINGERPRINT_KEY}: {sql_string(options.split_fingerprint())}}})
@@ -127,6 +137,7 @@ def build_training_dataset(
     out_dir: Path,
     archive_info: Mapping[str, str] | None = None,
     *,
+    selection: Mapping[str, object] | None = None,
     plots: bool = True,
 ) -> TrainingDatasetResult:
     """Build the index, attribution, card, plots and the declared exports in ``out_dir``.
@@ -134,13 +145,13 @@ def build_training_dataset(
     ``manifests`` is the folder of batch manifests (every ``*.parquet`` in it) or a list of them;
     batches not materialized yet are simply absent and reported as not downloaded. ``con`` should
     already carry the project's memory limit and spill folder. ``archive_info`` (e.g. date, ETag,
-    URL of the archive) goes into the card as given. ``plots=False`` skips the PNGs (about 0.5 s
+    URL of the archive) and ``selection`` (the dataset's declared filters) go into the card as given. ``plots=False`` skips the PNGs (about 0.5 s
     each to render; tests that do not look at them skip them). Holds ``out_dir/.lock`` while building.
     """
     paths = sorted(manifests.glob("*.parquet")) if isinstance(manifests, Path) else sorted(manifests)
     out_dir.mkdir(parents=True, exist_ok=True)
     with locked(out_dir / ".lock", purpose=f"building the training dataset in {out_dir}"):
-        return _build(con, options, fetch_list, observations_table, paths, out_dir, dict(archive_info or {}), plots)
+        return _build(con, options, fetch_list, observations_table, paths, out_dir, dict(archive_info or {}), dict(selection or {}), plots)
 
 
 def _build(
@@ -151,6 +162,7 @@ def _build(
     manifests: list[Path],
     out_dir: Path,
     archive_info: dict[str, str],
+    selection: dict[str, object],
     with_plots: bool,
 ) -> TrainingDatasetResult:
     index = out_dir / INDEX_NAME
@@ -214,6 +226,7 @@ def _build(
         exports=exports,
         options=options.model_dump(mode="json"),
         archive_info=archive_info,
+        selection=selection,
     )
     write_card(result, options)
     atomic_write_bytes(out_dir / SUMMARY_NAME, result.to_json().encode())

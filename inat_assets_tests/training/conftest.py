@@ -27,6 +27,7 @@ def build(
             world.manifests(batches) if batches else world.manifests_dir,
             out,
             {"archive date": "2026-11-20", "ETag": '"abc"'},
+            selection={"kingdom": ["Plantae"], "photo_size": "original"},
             plots=plots,
         )
 

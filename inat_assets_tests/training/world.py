@@ -77,6 +77,7 @@ def make_world(root: Path, *, seed: int = 1, species: int = 9, with_dimensions: 
                     "phylum": "Tracheophyta", "class": "Magnoliopsida", "order": "Fagales", "family": family,
                     "genus": genus, "inaturalistLogin": login, "recordedBy": login.title(),
                     "countryCode": "US", "eventDate": "2023-05-01", "captive": "wild",
+                    "decimalLatitude": 45.0 + (obs_id % 100) / 100, "decimalLongitude": -93.0, "coordinateUncertaintyInMeters": 10.0,
                 })  # fmt: skip
                 for _ in range(rng.randint(1, 3)):
                     photo_id += rng.randint(1, 3)

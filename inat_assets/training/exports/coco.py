@@ -63,7 +63,8 @@ def write_coco(con: duckdb.DuckDBPyConnection, index: Path, out_dir: Path, *, im
                     "id": row["photo_id"], "file_name": _file_name(row, imagefolder), "width": row["width"],
                     "height": row["height"], "license": LICENSE_IDS.get(row["license"]),
                     "rights_holder": row["rights_holder"], "date": row["event_date"],
-                    "observation_id": row["observation_id"],
+                    "latitude": row["latitude"], "longitude": row["longitude"],
+                    "location_uncertainty": row["location_uncertainty"], "observation_id": row["observation_id"],
                 }  # fmt: skip
                 fh.write(("," if i else "") + json.dumps(image, default=str, ensure_ascii=False))
             fh.write('], "categories": ' + categories + ', "annotations": [')
