@@ -61,7 +61,8 @@ def card_text(r: TrainingDatasetResult, options: TrainingOptions) -> str:
         "",
         "## Contents",
         "",
-        f"{r.rows:,} photos in {r.classes:,} classes.",
+        f"{r.rows:,} photos in {r.classes:,} classes. `label_id` numbers the labels in alphabetical order "
+        "within this build (a later build with more classes renumbers them): compare builds by `label`.",
         "",
         *_table(("split", "photos", "classes"), [(s, n, r.classes_per_split.get(s, 0)) for s, n in r.splits.items()]),
         "",

@@ -175,3 +175,21 @@ def test_card_summary_and_plots_describe_the_dataset(exported: TrainingDatasetRe
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in exported.plots.values())
     research = build(world, tmp_path / "nc", {"licences": {"preset": "research"}})
     assert "Warning" in research.card.read_text() and "CC-BY-NC" in research.card.read_text()
+
+
+def test_reading_one_split_skips_row_groups_of_other_splits(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from inat_assets.training.exports import _row_groups_of, iter_rows
+
+    splits = ["train"] * 7 + ["val"] * 4 + ["test"] * 5
+    table = pa.table({"photo_id": list(range(16)), "split": splits, "mini": [i < 2 for i in range(16)]})
+    pq.write_table(table, tmp_path / "i.parquet", row_group_size=3)
+    reader = pq.ParquetFile(tmp_path / "i.parquet")
+    assert _row_groups_of(reader, "val") == [2, 3]  # rows 6-8 and 9-11
+    for split in ("train", "val", "test"):
+        assert [r["photo_id"] for r in iter_rows(tmp_path / "i.parquet", split)] == [
+            i for i, s in enumerate(splits) if s == split
+        ]
+    assert [r["photo_id"] for r in iter_rows(tmp_path / "i.parquet", "train", mini=True)] == [0, 1]

@@ -18,13 +18,28 @@ from inat_assets.training.options import ResizeOptions
 READ_BATCH_ROWS = 2048
 
 
+def _row_groups_of(reader: pq.ParquetFile, split: str) -> list[int]:
+    """Row groups that may hold ``split``: the index is sorted by split, so most hold one split only."""
+    column = reader.schema_arrow.get_field_index("split")
+    groups = []
+    for i in range(reader.metadata.num_row_groups):
+        stats = reader.metadata.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min <= split <= stats.max:
+            groups.append(i)
+    return groups
+
+
 def iter_rows(index: Path, split: str | None = None, *, mini: bool = False) -> Iterator[dict]:
     """Index rows of one split (all when None; ``mini`` = only ``train_mini``), in file order.
 
-    Reads one record batch at a time, so memory stays at a few batches whatever the index size.
+    Reads one record batch at a time, so memory stays at a few batches whatever the index size,
+    and skips row groups whose statistics show they hold other splits only.
     """
     reader = pq.ParquetFile(index)
-    for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS):
+    groups = _row_groups_of(reader, split) if split is not None else None
+    if groups == []:
+        return
+    for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=groups):
         if split is not None:
             batch = batch.filter(pc.equal(batch.column("split"), split))
         if mini:
