@@ -110,7 +110,7 @@ def run_variant(workdir: Path, variant: str, memory_limit: str, threads: int) ->
     seconds = time.monotonic() - started
     shutil.rmtree(spill, ignore_errors=True)
     return {"variant": variant, "seconds": round(seconds, 1), "rows": result.rows, "classes": result.classes,
-            "shards": len(result.exports.get("webdataset", [])), "drops": vars(result.drops)}  # fmt: skip
+            "shards": len(result.exports.get("webdataset", [])), "stages": result.seconds}  # fmt: skip
 
 
 def main() -> int:
@@ -143,7 +143,7 @@ def main() -> int:
             return 1
         report = json.loads(out.strip().splitlines()[-1])
         print(f"{variant:>6}: {report['seconds']:>7.1f} s  peak RSS {usage.ru_maxrss / 1024:,.0f} MiB  "
-              f"{report['rows']:,} photos, {report['classes']:,} classes, {report['shards']} shards  drops {report['drops']}")  # fmt: skip
+              f"{report['rows']:,} photos, {report['classes']:,} classes, {report['shards']} shards; seconds per stage {report['stages']}")  # fmt: skip
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,17 @@ from inat_assets.training.splits import FINGERPRINT_KEY, assign_splits
 INDEX_NAME = "dataset.parquet"
 SUMMARY_NAME = "summary.json"
 INDEX_ROW_GROUP_ROWS = 65_536
+
+
+class _StageClock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.laps[stage] = round(now - self._last, 2)
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class TrainingDatasetResult:
     options: dict = field(default_factory=dict)
     archive_info: dict[str, str] = field(default_factory=dict)
     selection: dict[str, object] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage of this build
 
     @property
     def missing_fraction(self) -> float:
@@ -166,11 +179,15 @@ def _build(
     with_plots: bool,
 ) -> TrainingDatasetResult:
     index = out_dir / INDEX_NAME
+    clock = _StageClock()
     candidates = select_candidates(con, options, fetch_list, observations, manifests)
+    clock.lap("select")
     reused = assign_splits(con, options, index)
+    clock.lap("splits")
     # Manifests without width/height (written before they carried them): read the kept photos' headers.
     header_reads = fill_missing_dimensions(con, "training_usable", "SELECT photo_id FROM training_split", out_dir / ".dimensions.parquet")
     _write_index(con, options, fetch_list, observations, index)
+    clock.lap("index")
     source = f"read_parquet({sql_string(index)})"
     has_mini = options.mini_per_class is not None
     per_split = {
@@ -193,16 +210,21 @@ def _build(
                 ).fetchone()[0]  # type: ignore[index]
             )
     licences = write_attribution(con, index, out_dir / "ATTRIBUTION.csv")
+    clock.lap("attribution")
     exports: dict[str, list[Path]] = {}
     ex = options.exports
     if ex.imagefolder is not None:
         exports["imagefolder"] = [write_imagefolder(index, out_dir, ex.imagefolder, ex.resize)]
+        clock.lap("imagefolder")
     if ex.webdataset is not None:
         shards = write_shards(index, out_dir, ex.webdataset, ex.resize, has_mini)
         exports["webdataset"] = [p for split_paths in shards.values() for p in split_paths]
+        clock.lap("webdataset")
     if ex.coco:
         exports["coco"] = write_coco(con, index, out_dir, imagefolder=ex.imagefolder is not None, has_mini=has_mini)
+        clock.lap("coco")
     plots = write_plots(con, index, out_dir, candidates.batches) if with_plots else {}
+    clock.lap("plots")
     result = TrainingDatasetResult(
         out_dir=out_dir,
         index=index,
@@ -227,6 +249,7 @@ def _build(
         options=options.model_dump(mode="json"),
         archive_info=archive_info,
         selection=selection,
+        seconds=clock.laps,
     )
     write_card(result, options)
     atomic_write_bytes(out_dir / SUMMARY_NAME, result.to_json().encode())
