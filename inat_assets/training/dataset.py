@@ -114,13 +114,19 @@ def _write_index(con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch
                             ("coordinateUncertaintyInMeters", "location_uncertainty"))
     )  # fmt: skip
     url = "occurrenceID" if "occurrenceID" in present else "NULL::VARCHAR"
+    # Label ids from the few distinct labels, not a window over every photo (a second full sort of
+    # the wide rows ran out of memory at 256 MB for 825,000 photos).
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE training_labels AS
+        SELECT label, (row_number() OVER (ORDER BY label) - 1)::INTEGER AS label_id
+        FROM (SELECT DISTINCT label FROM training_split)"""
+    )
     con.execute("SET preserve_insertion_order = true")
     with atomic_path(index) as tmp:
         con.execute(
             f"""
             COPY (
-                SELECT u.path, s.photo_id, s.observation_id, s.label,
-                       (dense_rank() OVER (ORDER BY s.label) - 1)::INTEGER AS label_id,
+                SELECT u.path, s.photo_id, s.observation_id, s.label, l.label_id,
                        f.kingdom, f.phylum, f."class", f."order", f.family, f.genus, s.species,
                        f.taxon_id, f.taxon_rank, f.scientific_name,
                        u.width, u.height, u.bytes, u.sha256,
@@ -131,6 +137,7 @@ def _write_index(con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch
                        o.latitude, o.longitude, o.location_uncertainty, u.batch,
                        s.split, s.mini, s.split_group
                 FROM training_split AS s
+                JOIN training_labels AS l USING (label)
                 JOIN training_usable AS u USING (photo_id)
                 JOIN {fetch} AS f USING (photo_id)
                 LEFT JOIN (SELECT id, {url} AS url, {coordinates} FROM {obs}) AS o ON o.id = s.observation_id

@@ -168,6 +168,7 @@ def select_candidates(
         ).fetchone()[0]  # type: ignore[index]
     )
 
+    con.execute("DROP TABLE IF EXISTS training_manifest")  # free its memory for the stages below
     species, label, is_hybrid = _label_sql(options)
     allowed = ", ".join(sql_string(c) for c in options.licences.allowed_codes())
     hybrid_drop = "FALSE" if options.include_hybrids or options.label_rank != "species" else is_hybrid
@@ -200,6 +201,7 @@ def select_candidates(
         QUALIFY sha256 IS NULL OR row_number() OVER (PARTITION BY sha256 ORDER BY photo_id) = 1
         """
     )
+    con.execute("DROP TABLE training_labelled")
     stage_counts = [_count(con, "training_stage")]
     caps = options.caps
     seed = options.splits.seed
@@ -226,6 +228,7 @@ def select_candidates(
         f"""CREATE OR REPLACE TEMP TABLE training_kept AS SELECT * FROM training_stage
         WHERE label IN (SELECT label FROM training_stage GROUP BY label HAVING count(*) >= {int(caps.min_per_class)})"""
     )
+    con.execute("DROP TABLE training_stage")
     kept = _count(con, "training_kept")
     drops = DropCounts(
         not_downloaded=not_downloaded,

@@ -77,6 +77,7 @@ def assign_splits(con: duckdb.DuckDBPyConnection, options: TrainingOptions, prev
         SELECT k.*, g.split FROM training_grouped AS k JOIN training_groups AS g USING (split_group)
         """
     )
+    con.execute("DROP TABLE training_grouped; DROP TABLE training_kept")
     mini = "FALSE"
     if options.mini_per_class is not None:
         mini = f"""split = 'train' AND row_number() OVER (
