@@ -103,10 +103,10 @@ def test_no_manifests_yet_builds_an_empty_dataset_that_says_everything_is_missin
     empty = tmp_path / "no-manifests"
     empty.mkdir()
     with duckdb.connect() as con:
-        result = build_training_dataset(
-            con, TrainingOptions(), world.fetch, world.observations, empty, tmp_path / "ds", plots=False
-        )
+        options = TrainingOptions.model_validate({"mini_per_class": 5, "exports": {"webdataset": {}, "imagefolder": {}}})
+        result = build_training_dataset(con, options, world.fetch, world.observations, empty, tmp_path / "ds")
     assert result.rows == 0 and result.drops.not_downloaded == result.fetch_rows > 0
+    assert result.exports["webdataset"] == [] and len(result.exports["coco"]) == 4 and len(result.plots) == 5
     assert "100.0% missing" in summary_text(result)
 
 
