@@ -165,8 +165,10 @@ def build_training_dataset(
     ``manifests`` is the folder of batch manifests (every ``*.parquet`` in it) or a list of them;
     batches not materialized yet are simply absent and reported as not downloaded. ``con`` should
     already carry the project's memory limit and spill folder. ``archive_info`` (e.g. date, ETag,
-    URL of the archive) and ``selection`` (the dataset's declared filters) go into the card as given. ``plots=False`` skips the PNGs (about 0.5 s
-    each to render; tests that do not look at them skip them). Holds ``out_dir/.lock`` while building.
+    URL of the archive) and ``selection`` (the dataset's declared filters) go into the card as
+    given. ``plots=False`` skips the PNGs (about 0.5 s each to render; tests that do not look at
+    them skip them). Holds ``out_dir/.lock`` while building (a second build waits for nothing: it
+    fails with the holder's name). Sets ``preserve_insertion_order = true`` on ``con``.
     """
     paths = sorted(manifests.glob("*.parquet")) if isinstance(manifests, Path) else sorted(manifests)
     out_dir.mkdir(parents=True, exist_ok=True)
