@@ -35,3 +35,7 @@ class InputError(InatAssetsError):
 
 class DownloadError(InatAssetsError, RuntimeError):
     """A download run that cannot start or finish (its output is locked, unwritable, ...)."""
+
+
+class TrainingDatasetError(InatAssetsError, RuntimeError):
+    """A training dataset that cannot be built from what is on disk; the message says what to do."""
