@@ -12,7 +12,7 @@
   number at a time and retries failed ones later with exponential backoff, up to a limit.
 
 Everything here that can start a download is STOPPED until turned on (UI: Automation page, or
-`dagster schedule start` / `dagster sensor start`); see docs/operating.md.
+`dagster schedule start` / `dagster sensor start`); see the README's operating guide.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetPartitionStatus,
+    AssetRecordsFilter,
     AssetsDefinition,
     AssetSelection,
     AssetSpec,
@@ -51,9 +53,10 @@ from dagster import (
     sensor,
 )
 
+from inat_assets.batches import read_outdated
 from inat_assets.dwca.observe import ArchiveFingerprint, observe_archive
 from inat_assets.errors import InatAssetsError
-from inat_assets.resources import DwcaResource
+from inat_assets.resources import DataStoreResource, DwcaResource
 
 ARCHIVE_GROUP = "archive"
 DWCA_SOURCE_KEY = AssetKey("dwca_source")
@@ -94,7 +97,7 @@ def _previous_fingerprint(instance: DagsterInstance) -> ArchiveFingerprint | Non
     ),
 )
 def dwca_source(context: AssetExecutionContext, dwca: DwcaResource) -> ObserveResult:
-    fingerprint = observe_archive(dwca.dwca_source, previous=_previous_fingerprint(context.instance))
+    fingerprint = observe_archive(dwca.source(), previous=_previous_fingerprint(context.instance))
     state = "unchanged (HTTP 304)" if fingerprint.not_modified else f"version {fingerprint.version}"
     context.log.info(f"{dwca.dwca_source}: {state}")
     return ObserveResult(
@@ -246,8 +249,10 @@ def plan_batch_fill(
     failed: Mapping[str, FailedBatch],
     policy: BatchFillPolicy,
     now: float,
+    outdated: Collection[str] = (),
 ) -> BatchFillPlan:
-    """Which batches to request now: due retries first, then missing batches in key order, within the budget."""
+    """Which batches to request now: due retries first, then missing and outdated batches (materialized,
+    but their photos changed at the last fetch list) in key order, within the budget."""
     slots = max(0, policy.runs_in_flight - in_flight_runs)
     next_failed: dict[str, FailedBatch] = {}
     due: list[str] = []
@@ -269,7 +274,7 @@ def plan_batch_fill(
             next_failed[key] = entry
             if entry.failures <= policy.retry_limit and now >= entry.retry_at:
                 due.append(key)
-        elif status is None:
+        elif status is None or key in outdated:
             missing.append(key)
         # MATERIALIZED: done; dropping it from the cursor resets its failure count
     requests: list[tuple[str, int]] = []
@@ -279,6 +284,17 @@ def plan_batch_fill(
             next_failed[key] = replace(entry, retrying=True)
         requests.append((key, entry.failures + 1 if entry else 1))
     return BatchFillPlan(requests, next_failed, gave_up)
+
+
+def still_outdated(instance: DagsterInstance, asset_key: AssetKey, record: Path) -> set[str]:
+    """Batches the last fetch list found changed and that have not been materialized since."""
+    keys, written_at = read_outdated(record)
+    if not keys:
+        return set()
+    redone = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys, after_timestamp=written_at), limit=len(keys)
+    ).records
+    return set(keys) - {r.partition_key for r in redone}
 
 
 def in_flight_batches(instance: DagsterInstance, asset_key: AssetKey) -> tuple[set[str], int]:
@@ -342,13 +358,14 @@ def batch_fill_sensor(
             f"doubling, at most {policy.retry_limit} times (INAT_BATCH_RETRY_LIMIT), then leaves it failed."
         ),
     )
-    def fill(context: SensorEvaluationContext) -> SensorResult:
+    def fill(context: SensorEvaluationContext, store: DataStoreResource) -> SensorResult:
         instance = context.instance
         keys = instance.get_dynamic_partitions(partitions_def.name)
         statuses = (instance.get_status_by_partition(asset_key, keys, partitions_def) if keys else None) or {}
         in_flight_keys, in_flight_runs = in_flight_batches(instance, asset_key)
+        outdated = still_outdated(instance, asset_key, store.get().outdated_batches(dataset))
         plan = plan_batch_fill(
-            keys, statuses, in_flight_keys, in_flight_runs, decode_cursor(context.cursor), policy, clock()
+            keys, statuses, in_flight_keys, in_flight_runs, decode_cursor(context.cursor), policy, clock(), outdated
         )
         for key in plan.gave_up:
             context.log.warning(

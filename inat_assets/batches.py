@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,3 +211,19 @@ def outdated_batches(
         """
     ).fetchall()
     return [batch_key(int(i) * span, span) for (i,) in rows]
+
+
+def write_outdated(path: Path, keys: Sequence[str]) -> None:
+    """Record the batches whose photos changed at this fetch list (replacing the previous record)."""
+    atomic_write_bytes(path, json.dumps({"keys": list(keys), "written_at": time.time()}).encode())
+
+
+def read_outdated(path: Path) -> tuple[list[str], float]:
+    """The recorded outdated batch keys and when they were recorded; none when there is no record."""
+    try:
+        record = json.loads(path.read_text())
+        return [str(k) for k in record["keys"]], float(record["written_at"])
+    except FileNotFoundError:
+        return [], 0.0
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BatchError(f"{path} is unreadable ({exc}); materialize the dataset's fetch_parquet again to rewrite it") from exc

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from inat_assets.download import INAT_PHOTO_HOSTS, DownloadConfig, PhotoTask
 from inat_assets.dwca.convert import DEFAULT_MEMORY_LIMIT, configure_duckdb
+from inat_assets.errors import ArchiveError
 from inat_assets.storage import DataStore
 
 OFFICIAL_DWCA_URL = "https://www.inaturalist.org/observations/gbif-observations-dwca.zip"
@@ -85,9 +86,14 @@ class DataStoreResource(_SettingsFromEnv):
 class DwcaResource(_SettingsFromEnv):
     """Where the Darwin Core Archive comes from and how its CSV members are read."""
 
+    # No default: the real archive is 25 GB, so downloading it is an explicit choice (a first click on
+    # "Materialize all" in a fresh UI must not start it); `inat-assets ui --demo` sets the bundled sample.
     dwca_source: str = Field(
-        default=OFFICIAL_DWCA_URL,
-        description="The archive: a local path (used in place) or an http(s) URL (INAT_DWCA_SOURCE).",
+        default="",
+        description=(
+            f"The archive: a local path (used in place) or an http(s) URL such as {OFFICIAL_DWCA_URL} "
+            "(INAT_DWCA_SOURCE; required)."
+        ),
     )
     csv_read_mode: str = Field(
         default="auto",
@@ -97,6 +103,16 @@ class DwcaResource(_SettingsFromEnv):
             "member's size free); 'auto' extracts when there is room, else streams (INAT_CSV_READ_MODE)."
         ),
     )
+
+    def source(self) -> str:
+        """INAT_DWCA_SOURCE, or an ArchiveError saying how to choose one."""
+        if not self.dwca_source.strip():
+            raise ArchiveError(
+                "INAT_DWCA_SOURCE is not set: choose the archive explicitly, e.g. "
+                f"`export INAT_DWCA_SOURCE={OFFICIAL_DWCA_URL}` (about 25 GB, downloaded to INAT_DATA_DIR/archive/) "
+                "or the path of a copy you have; `inat-assets ui --demo` runs on the bundled sample instead."
+            )
+        return self.dwca_source
 
     @property
     def read_mode(self) -> Literal["auto", "stream", "extract"]:

@@ -145,6 +145,10 @@ class DataStore:
     def manifest(self, dataset: str, batch: str) -> Path:
         return self.path("datasets", dataset, "manifests", f"{batch}.parquet")
 
+    def outdated_batches(self, dataset: str) -> Path:
+        """Batch keys whose photos changed at the dataset's last fetch list (its batch-fill sensor redoes them)."""
+        return self.path("datasets", dataset, "outdated_batches.json")
+
     def scratch_dir(self, *parts: str) -> Path:
         """Working space (FIFOs, DuckDB spill files, extracted members); safe to delete when idle."""
         return self.ensure_dir("tmp", *parts)

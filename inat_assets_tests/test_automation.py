@@ -45,9 +45,11 @@ from inat_assets.automation import (
     dwca_source,
     dwca_source_observation_job,
 )
+from inat_assets.batches import write_outdated
 from inat_assets.dwca.archive import ArchiveError
 from inat_assets.dwca.observe import observe_archive
 from inat_assets.errors import InatAssetsError
+from inat_assets.resources import DataStoreResource
 from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets_tests.conftest import settings_for
 
@@ -77,11 +79,13 @@ def instance() -> Iterator[DagsterInstance]:
 class Ticker:
     """Evaluates a sensor the way the daemon does: one cursor carried from tick to tick."""
 
-    def __init__(self, sensor: SensorDefinition, instance: DagsterInstance) -> None:
+    def __init__(self, sensor: SensorDefinition, instance: DagsterInstance, data_dir: Path | None = None) -> None:
         self.sensor, self.instance, self.cursor = sensor, instance, None
+        self.store = DataStoreResource(data_dir=str(data_dir or Path(instance.root_directory) / "data"))
 
     def tick(self) -> list[tuple[str, int]]:
-        result = self.sensor(build_sensor_context(instance=self.instance, cursor=self.cursor))
+        context = build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"store": self.store})
+        result = self.sensor(context)
         self.cursor = result.cursor
         return [(r.partition_key, int(r.tags[ATTEMPT_TAG])) for r in result.run_requests or []]
 
@@ -194,6 +198,21 @@ def test_new_batch_keys_after_a_fetch_list_rebuild_are_requested(instance: Dagst
     assert ticker.tick() == []
     instance.add_dynamic_partitions(image_batch_partitions.name, ["batch-000010", "batch-000011"])
     assert ticker.tick() == [("batch-000010", 1), ("batch-000011", 1)]
+
+
+def test_batches_whose_photos_changed_are_requested_again_until_redone(instance: DagsterInstance) -> None:
+    """A changed declaration leaves materialized batches whose photo set changed: the fetch list records
+    them, the sensor requests them like missing ones, and stops once each was materialized again."""
+    for key in KEYS:
+        succeed_batch(instance, key)
+    ticker = Ticker(batch_fill_sensor(IMAGES, "plants", policy=BatchFillPolicy(runs_in_flight=4)), instance)
+    assert ticker.tick() == []
+    write_outdated(ticker.store.get().outdated_batches("plants"), ["batch-000002", "batch-000005"])
+    assert ticker.tick() == [("batch-000002", 1), ("batch-000005", 1)]
+    succeed_batch(instance, "batch-000002")  # downloaded again after the record
+    assert ticker.tick() == [("batch-000005", 1)]
+    succeed_batch(instance, "batch-000005")
+    assert ticker.tick() == []
 
 
 def test_sensor_cursor_holds_only_failed_batches_and_survives_garbage() -> None:

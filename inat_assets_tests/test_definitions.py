@@ -7,7 +7,8 @@ from inat_assets.definitions import defs
 # What `dagster dev` shows for the shipped declarations (plants, fungi_open). A new declared
 # dataset or a renamed asset must change this list on purpose.
 EXPECTED_GRAPH = [
-    ("dwca_archive", "archive", ["http", "zip"], None, []),
+    ("dwca_archive", "archive", ["http", "zip"], None, ["dwca_source"]),
+    ("dwca_source", "archive", ["file", "http"], None, []),
     ("fungi_open/fetch_parquet", "fungi_open", ["duckdb", "parquet"], None, ["media_parquet", "observations_parquet"]),
     ("fungi_open/image_batches", "fungi_open", ["parquet", "python"], "fungi_open_image_batches", ["fungi_open/fetch_parquet"]),
     ("media_parquet", "tables", ["duckdb", "parquet"], None, ["dwca_archive"]),

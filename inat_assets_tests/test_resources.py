@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from inat_assets.download import PhotoTask
 from inat_assets.resources import (
     SETTINGS_RESOURCES,
@@ -57,3 +59,13 @@ def test_the_downloader_hands_out_a_config_and_routes_through_the_mirror() -> No
     assert downloader.route(task).url == "http://127.0.0.1:8123/photos/7/medium.jpg"
     other = PhotoTask(8, "https://example.org/photos/8/original.jpg")
     assert downloader.route(other) == other
+
+
+def test_the_real_archive_is_an_explicit_choice() -> None:
+    """Unset INAT_DWCA_SOURCE is not the 25 GB official URL: the archive asset says how to choose."""
+    from inat_assets.errors import ArchiveError
+    from inat_assets.resources import DwcaResource
+
+    with pytest.raises(ArchiveError, match=r"INAT_DWCA_SOURCE is not set.*gbif-observations-dwca.zip.*--demo"):
+        DwcaResource.from_env(environ={}).source()
+    assert DwcaResource(dwca_source="/data/dwca.zip").source() == "/data/dwca.zip"

@@ -11,7 +11,7 @@ ARCHIVE_GROUP = "archive"
 
 def locate_archive(dwca: DwcaResource, store: DataStoreResource) -> ArchiveInfo:
     """The archive that `dwca_archive` materialized, inspected again (reads only the zip directory and headers)."""
-    return inspect_archive(archive_location(dwca.dwca_source, store.get().archive_dir()))
+    return inspect_archive(archive_location(dwca.source(), store.get().archive_dir()))
 
 
 @asset(
@@ -24,7 +24,7 @@ def locate_archive(dwca: DwcaResource, store: DataStoreResource) -> ArchiveInfo:
     ),
 )
 def dwca_archive(context: AssetExecutionContext, dwca: DwcaResource, store: DataStoreResource) -> MaterializeResult:
-    source = resolve_archive(dwca.dwca_source, store.get().archive_dir(), log=context.log.info)
+    source = resolve_archive(dwca.source(), store.get().archive_dir(), log=context.log.info)
     info = inspect_archive(source.path)
     for warning in info.warnings:
         context.log.warning(warning)

@@ -17,7 +17,7 @@ from dagster import (
 
 from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.assets.tables import media_parquet, observations_parquet
-from inat_assets.batches import outdated_batches, plan_batches
+from inat_assets.batches import outdated_batches, plan_batches, write_outdated
 from inat_assets.dwca.convert import sql_string
 from inat_assets.dwca.fetch_list import FetchListResult, build_fetch_list
 from inat_assets.resources import DataStoreResource, InatDuckDBResource
@@ -128,6 +128,8 @@ def build_fetch_parquet(dataset: "InatDataset") -> AssetsDefinition:
             context.instance.delete_dynamic_partition(partitions, key)
             paths.manifest(name, key).unlink(missing_ok=True)
         outdated = [key for key in outdated if key in wanted]
+        # The dataset's batch-fill sensor downloads these again (their partitions still show materialized).
+        write_outdated(paths.outdated_batches(name), outdated)
         context.log.info(
             f"{name}: {result.rows:,} photos of {result.observations:,} observations and {result.taxa:,} taxa; "
             f"image batches: span {plan.span:,} photo ids, {len(plan.keys):,} batches, {len(new_keys):,} new, "

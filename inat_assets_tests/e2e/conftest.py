@@ -34,7 +34,6 @@ _PHOTO_PATH = re.compile(r"^/photos/(\d+)/")
 # step, ~8 s each on 2 busy cores (measured here: the chain took 44 s with it). What the graph does
 # does not depend on the executor.
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-OBSERVED_SOURCES = ["dwca_source"]
 # The batch-fill sensors of the declared datasets (one per partitioned image asset, named after its prefix).
 BATCH_FILL_SENSORS = sorted(s.name for s in defs.sensors if s.name.endswith("_batch_fill"))
 
@@ -43,20 +42,22 @@ BATCH_FILL_SENSORS = sorted(s.name for s in defs.sensors if s.name.endswith("_ba
 class ExpectedGraph:
     """What the loaded Definitions declare: asset key -> parent keys, and which are partitioned."""
 
-    parents: dict[str, frozenset[str]]
+    parents: dict[str, frozenset[str]]  # every asset the UI draws, observable sources included
     partitioned: frozenset[str]
+    materializable: frozenset[str]
 
     @property
     def unpartitioned(self) -> list[str]:
-        return sorted(set(self.parents) - self.partitioned)
+        return sorted(self.materializable - self.partitioned)
 
 
 def expected_graph() -> ExpectedGraph:
     graph = defs.resolve_asset_graph()
-    nodes = [graph.get(k) for k in graph.materializable_asset_keys]
+    nodes = [graph.get(k) for k in graph.get_all_asset_keys()]
     return ExpectedGraph(
         parents={n.key.to_user_string(): frozenset(p.to_user_string() for p in n.parent_keys) for n in nodes},
         partitioned=frozenset(n.key.to_user_string() for n in nodes if n.partitions_def is not None),
+        materializable=frozenset(k.to_user_string() for k in graph.materializable_asset_keys),
     )
 
 
@@ -98,7 +99,8 @@ def _fill(ui: RunningUi, mirror: MirrorServer) -> FilledDemo:
     client, expected, seconds = ui.client, expected_graph(), {}
     started = time.monotonic()
     # As the README's first command: the archive source is observed in the same run as the chain.
-    run_id = client.launch_assets(ui.location, [*OBSERVED_SOURCES, *expected.unpartitioned], IN_PROCESS)
+    observable = sorted(set(expected.parents) - expected.materializable)
+    run_id = client.launch_assets(ui.location, [*observable, *expected.unpartitioned], IN_PROCESS)
     chain_status = wait_for("the unpartitioned chain's run", lambda: _done(client.run_status(run_id)), CHAIN_TIMEOUT)
     seconds["chain"] = time.monotonic() - started
     assert chain_status == "SUCCESS", f"the chain's run {run_id} ended {chain_status}; see {ui.log_path}"
