@@ -16,9 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from inat_assets import __version__
 from inat_assets.dwca.archive import ArchiveError
-from inat_assets.dwca.source import is_url, last_modified_iso
+from inat_assets.dwca.source import archive_http_client, is_url, last_modified_iso
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,7 @@ def observe_archive(
     if not is_url(source):
         return _observe_file(source)
     own_client = client is None
-    client = client or httpx.Client(
-        timeout=httpx.Timeout(60.0, connect=20.0),
-        headers={"User-Agent": f"inat-assets/{__version__} (archive check)"},
-        follow_redirects=True,
-    )
+    client = client or archive_http_client("archive check")
     try:
         return _observe_url(source, previous if previous and previous.source == source else None, client)
     finally:

@@ -39,6 +39,15 @@ class ArchiveSource:
     bytes_downloaded: int = 0
 
 
+def archive_http_client(purpose: str) -> httpx.Client:
+    """The client for the archive's host: generous timeouts, redirects followed, our User-Agent."""
+    return httpx.Client(
+        timeout=httpx.Timeout(60.0, connect=20.0),
+        headers={"User-Agent": f"inat-assets/{__version__} ({purpose})"},
+        follow_redirects=True,
+    )
+
+
 def is_url(source: str) -> bool:
     return urlsplit(source).scheme in ("http", "https")
 
@@ -62,11 +71,7 @@ def resolve_archive(
             )
         return ArchiveSource(path=path.resolve(), origin="local")
     own_client = client is None
-    client = client or httpx.Client(
-        timeout=httpx.Timeout(60.0, connect=20.0),
-        headers={"User-Agent": f"inat-assets/{__version__} (archive download)"},
-        follow_redirects=True,
-    )
+    client = client or archive_http_client("archive download")
     try:
         return _Downloader(source, archive_dir, client, log).run(attempts, backoff_seconds)
     finally:
