@@ -145,6 +145,10 @@ class DataStore:
     def manifest(self, dataset: str, batch: str) -> Path:
         return self.path("datasets", dataset, "manifests", f"{batch}.parquet")
 
+    def training_dir(self, dataset: str) -> Path:
+        """``datasets/<name>/training/``: the training dataset (index, exports, card, attribution, plots)."""
+        return self.path("datasets", dataset, "training")
+
     def scratch_dir(self, *parts: str) -> Path:
         """Working space (FIFOs, DuckDB spill files, extracted members); safe to delete when idle."""
         return self.ensure_dir("tmp", *parts)
