@@ -395,7 +395,7 @@ def _named_validation(data: Any, handler: Any) -> Any:
     except ValidationError as exc:
         name = data.get("name") if isinstance(data, dict) else getattr(data, "name", None)
         problems = "; ".join(
-            f"{_field_path(error['loc'])}: {error['msg']}"
+            f"{_field_path(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
             # Dagster's model also accepts a template string for every field; that branch only adds noise.
             if not (error["type"] == "string_type" and error["loc"] and error["loc"][-1] == "str")
