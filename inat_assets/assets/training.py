@@ -26,8 +26,9 @@ from inat_assets.training.report import drop_lines
 if TYPE_CHECKING:
     from inat_assets.components.dataset import InatDataset
 
-# Plots above this size are listed by path only: metadata lives in the instance's event log, and a
-# data: URI of the demo's plots is 15-40 KB each (5 plots per materialization).
+# Plots above this size are listed by path only: metadata lives in the instance's event log. The
+# demo's five PNGs are 9-22 KB each (about 105 KB of base64 per materialization); the UI shows each
+# behind "Show Markdown" (checked in inat_assets_tests/e2e/test_e2e_browser.py).
 MAX_EMBEDDED_PLOT_BYTES = 200_000
 
 
