@@ -149,6 +149,10 @@ class DataStore:
         """Batch keys whose photos changed at the dataset's last fetch list (its batch-fill sensor redoes them)."""
         return self.path("datasets", dataset, "outdated_batches.json")
 
+    def training_dir(self, dataset: str) -> Path:
+        """``datasets/<name>/training/``: the training dataset (index, exports, card, attribution, plots)."""
+        return self.path("datasets", dataset, "training")
+
     def scratch_dir(self, *parts: str) -> Path:
         """Working space (FIFOs, DuckDB spill files, extracted members); safe to delete when idle."""
         return self.ensure_dir("tmp", *parts)

@@ -69,13 +69,16 @@ class DatasetAssets:
     image_batches: AssetsDefinition
     check: AssetChecksDefinition
     partitions: str
+    training_dataset: AssetsDefinition
 
 
 def dataset_assets(declared: InatDataset, retry_policy: RetryPolicy | None = None) -> DatasetAssets:
     built = dataset_definitions(declared, retry_policy)
-    fetch, images = sorted(built.assets or [], key=lambda a: a.key.path[-1] != "fetch_parquet")  # type: ignore[union-attr]
+    by_name = {a.key.path[-1]: a for a in built.assets or []}  # type: ignore[union-attr]
     (check,) = built.asset_checks or []
-    return DatasetAssets(fetch, images, check, f"{declared.name}_image_batches")  # type: ignore[arg-type]
+    return DatasetAssets(
+        by_name["fetch_parquet"], by_name["image_batches"], check, f"{declared.name}_image_batches", by_name["training_dataset"]
+    )  # type: ignore[arg-type]
 
 
 def fetch_path(data_dir: Path, name: str = "plants") -> Path:

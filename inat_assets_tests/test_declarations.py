@@ -16,8 +16,14 @@ event_date_from: "2020-01-01"
 event_date_to: "2024-12-31"
 where: o.coordinateUncertaintyInMeters < 100
 training:
-  val_fraction: 0.2
-  exports: [webdataset]
+  label_rank: genus
+  splits:
+    train: 0.7
+    val: 0.2
+    test: 0.1
+  exports:
+    webdataset:
+      shard_max_photos: 100
 """
 
 
@@ -26,10 +32,13 @@ def test_a_valid_declaration_resolves_to_the_fetch_filters() -> None:
     filters = declared.filters()
     assert filters.kingdom == ["Fungi"] and filters.photo_size == "medium" and filters.license == ["CC0", "cc-by"]
     assert (filters.event_date_from, filters.event_date_to) == ("2020-01-01", "2024-12-31")
+    assert declared.training.label_rank == "genus" and declared.training.splits.val == 0.2
+    assert declared.training.exports.webdataset is not None and declared.training.exports.webdataset.shard_max_photos == 100
     built = dataset_definitions(declared)
     assert {a.key for a in built.assets or []} == {  # type: ignore[union-attr]
         AssetKey(["fungi_cc", "fetch_parquet"]),
         AssetKey(["fungi_cc", "image_batches"]),
+        AssetKey(["fungi_cc", "training_dataset"]),
     }
 
 
@@ -47,8 +56,11 @@ def test_a_valid_declaration_resolves_to_the_fetch_filters() -> None:
         ("captive", "zoo", "captive"),
         ("taxon_rank", "[specie]", "taxon_rank.0"),
         ("taxon_id", "[not-a-number]", "taxon_id"),
-        ("training", "{val_fraction: 0.9}", "training.val_fraction"),
-        ("training", "{exports: [tfrecord]}", "training.*exports"),
+        ("training", "{splits: {val: 0.9}}", "training.splits: .*train \\+ val \\+ test must be 1"),
+        ("training", "{exports: {tfrecord: {}}}", "training.exports.tfrecord"),
+        ("training", "{label_rank: subspecies}", "training.label_rank"),
+        ("training", "{caps: {min_per_class: 0}}", "training.caps.min_per_class"),
+        ("training", "{licences: {preset: anything}}", "training.licences.preset"),
     ],
 )
 def test_an_invalid_field_fails_naming_the_dataset_and_the_field(field: str, yaml_value: str, message: str) -> None:
@@ -71,6 +83,8 @@ def test_an_unknown_key_is_refused() -> None:
 def test_the_code_version_follows_the_selection_not_the_description_or_training() -> None:
     base = InatDataset(name="d", kingdom=["Plantae"])
     assert InatDataset(name="d", kingdom=["Plantae"], description="x").selection_version() == base.selection_version()
-    assert InatDataset(name="d", kingdom=["Plantae"], training={"seed": 3}).selection_version() == base.selection_version()
+    reseeded = InatDataset(name="d", kingdom=["Plantae"], training={"splits": {"seed": 3}})
+    assert reseeded.selection_version() == base.selection_version()
+    assert reseeded.training_version() != base.training_version()
     assert InatDataset(name="d", kingdom=["Fungi"]).selection_version() != base.selection_version()
     assert InatDataset(name="d", kingdom=["Plantae"], photo_size="small").selection_version() != base.selection_version()

@@ -11,10 +11,14 @@ EXPECTED_GRAPH = [
     ("dwca_source", "archive", ["file", "http"], None, []),
     ("fungi_open/fetch_parquet", "fungi_open", ["duckdb", "parquet"], None, ["media_parquet", "observations_parquet"]),
     ("fungi_open/image_batches", "fungi_open", ["parquet", "python"], "fungi_open_image_batches", ["fungi_open/fetch_parquet"]),
+    ("fungi_open/training_dataset", "fungi_open", ["duckdb", "parquet"], None,
+     ["fungi_open/fetch_parquet", "fungi_open/image_batches", "observations_parquet"]),
     ("media_parquet", "tables", ["duckdb", "parquet"], None, ["dwca_archive"]),
     ("observations_parquet", "tables", ["duckdb", "parquet"], None, ["dwca_archive"]),
     ("plants/fetch_parquet", "plants", ["duckdb", "parquet"], None, ["media_parquet", "observations_parquet"]),
     ("plants/image_batches", "plants", ["parquet", "python"], "plants_image_batches", ["plants/fetch_parquet"]),
+    ("plants/training_dataset", "plants", ["duckdb", "parquet"], None,
+     ["observations_parquet", "plants/fetch_parquet", "plants/image_batches"]),
 ]  # fmt: skip
 
 
@@ -44,6 +48,10 @@ def test_dataset_assets_carry_the_declaration_hash_and_column_schema() -> None:
     fungi = graph.get(AssetKey(["fungi_open", "fetch_parquet"]))
     assert plants.code_version and fungi.code_version and plants.code_version != fungi.code_version
     assert graph.get(AssetKey(["plants", "image_batches"])).code_version == plants.code_version
+    # The training dataset's code version is its own (the training section's hash), per dataset.
+    plants_training = graph.get(AssetKey(["plants", "training_dataset"])).code_version
+    fungi_training = graph.get(AssetKey(["fungi_open", "training_dataset"])).code_version
+    assert plants_training and fungi_training and len({plants_training, fungi_training, plants.code_version}) == 3
     spec = next(s for s in defs.resolve_all_asset_specs() if s.key == AssetKey(["plants", "fetch_parquet"]))
     columns = [c.name for c in spec.metadata["dagster/column_schema"].columns]
     assert columns[:3] == ["photo_id", "observation_id", "url"]

@@ -15,6 +15,7 @@ from dagster import DagsterInstance, RetryPolicy, materialize
 from inat_assets.batches import BatchError, batch_range, nice_span, plan_batches
 from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
 from inat_assets.testing.sample import SampleArchiveInfo
+from inat_assets.training.report import load_result
 from inat_assets_tests.conftest import (
     TABLE_ASSETS,
     TABLE_CHECKS,
@@ -165,8 +166,17 @@ def test_demo_command_materializes_both_shipped_datasets_offline(tmp_path: Path)
     mediums = [p for p in (data / "photos" / "medium").rglob("*") if p.is_file()]
     assert len(originals) == plants - 1  # one plant photo 404s on purpose
     assert len(mediums) == fungi
+    # Each shipped dataset ends as a training dataset with every split filled, and the demo says how to load it.
+    for name in ("plants", "fungi_open"):
+        training = load_result(data / "datasets" / name / "training")
+        assert training.rows > 0 and all(training.splits[split] > 0 for split in ("train", "val", "test")), name
+        assert f"Training dataset in {data / 'datasets' / name / 'training'}" in first.stdout
+    assert set(load_result(data / "datasets" / "plants" / "training").exports) == {"imagefolder", "webdataset", "coco"}
+    assert "load_dataset('imagefolder', data_dir=" in first.stdout and "inat-assets report plants" in first.stdout
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "images: cached" in again.stdout and "images: ok" not in again.stdout
+    rebuilt = load_result(data / "datasets" / "plants" / "training")
+    assert rebuilt.reused_split_groups > 0  # the second build kept every group's split
 
 
 def test_an_empty_first_fetch_list_does_not_fix_the_span(tmp_path: Path) -> None:

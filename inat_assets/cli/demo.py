@@ -1,10 +1,11 @@
 """`inat-assets demo`: the whole graph on the bundled sample, offline, against a local photo mirror.
 
 It materializes dwca_archive -> observations/media tables -> the fetch list of every declared
-dataset (the shipped ``plants`` and ``fungi_open``) -> every image batch of each, in a temporary
+dataset (the shipped ``plants`` and ``fungi_open``) -> every image batch of each -> the training
+dataset of each (``datasets/<name>/training/``, with the exports its declaration asks for), in a temporary
 Dagster instance, with the photos served by `inat_assets.testing.mirror` on 127.0.0.1 (a few of
 them answer 503 or 429 first, and one 404s, so retries and permanent failures show up in the
-manifests), then prints what each dataset got and where.
+manifests), then prints what each dataset got, where, and how to load its training dataset.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from inat_assets.dwca.convert import sql_string
 from inat_assets.resources import inat_resources
 from inat_assets.storage import DataStore
 from inat_assets.testing.mirror import serve_mirror
+from inat_assets.training import summary_text
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _TABLE_CHAIN = [
@@ -67,13 +69,13 @@ def _run(
     return result
 
 
-def _dataset_assets(defs: Any, name: str) -> tuple[AssetsDefinition, Any, AssetsDefinition]:
-    """(fetch_parquet, its checks, image_batches) of one declared dataset, picked from the Definitions."""
+def _dataset_assets(defs: Any, name: str) -> tuple[AssetsDefinition, Any, AssetsDefinition, AssetsDefinition]:
+    """(fetch_parquet, its checks, image_batches, training_dataset) of one declared dataset, from the Definitions."""
     fetch_key, images_key = AssetKey([name, "fetch_parquet"]), AssetKey([name, "image_batches"])
     # From the declared lists, not resolve_assets_def: those come bound to the environment's resources.
     assets = {a.key: a for a in defs.assets or [] if isinstance(a, AssetsDefinition) and a.keys}
     checks = [c for c in defs.asset_checks or [] if fetch_key in {k.asset_key for k in c.check_keys}]
-    return assets[fetch_key], checks, assets[images_key]
+    return assets[fetch_key], checks, assets[images_key], assets[AssetKey([name, "training_dataset"])]
 
 
 def run_demo(data_dir: Path) -> int:
@@ -94,10 +96,10 @@ def run_demo(data_dir: Path) -> int:
         store = DataStore.from_setting(str(data_dir))
         datasets = [s.dataset for s in declared_selections(defs, store)]
         instance = DagsterInstance.local_temp(tempdir=home, overrides={"telemetry": {"enabled": False}})
-        print(f"1/2 archive -> tables -> fetch lists of {', '.join(datasets)} (sample: {sample.name})")
+        print(f"1/3 archive -> tables -> fetch lists of {', '.join(datasets)} (sample: {sample.name})")
         chain: list[Any] = list(_TABLE_CHAIN)
         for name in datasets:
-            fetch, checks, _ = _dataset_assets(defs, name)
+            fetch, checks, _, _ = _dataset_assets(defs, name)
             chain += [fetch, *checks]
         tables = _run(chain, instance, resources, run_config=_QUIET)
         checks_passed = {
@@ -106,12 +108,15 @@ def run_demo(data_dir: Path) -> int:
         if "plants" in datasets:
             mirror.set_faults(_demo_faults(store.fetch_list("plants")))
         for step, name in enumerate(datasets, start=1):
-            _, _, images = _dataset_assets(defs, name)
+            _, _, images, _ = _dataset_assets(defs, name)
             keys = instance.get_dynamic_partitions(f"{name}_image_batches")
-            print(f"2/2 ({step}/{len(datasets)}) {name}/image_batches: {len(keys)} partitions from {mirror.base_url()}")
+            print(f"2/3 ({step}/{len(datasets)}) {name}/image_batches: {len(keys)} partitions from {mirror.base_url()}")
             for key in keys:
                 _run([images], instance, resources, partition_key=key, run_config=_QUIET)
                 print(f"    {name} {key} done")
+        for step, name in enumerate(datasets, start=1):
+            print(f"3/3 ({step}/{len(datasets)}) {name}/training_dataset -> {store.training_dir(name)}")
+            _run([_dataset_assets(defs, name)[3]], instance, resources, run_config=_QUIET)
         _print_summary(store, datasets, checks_passed, time.monotonic() - started)
     return 0
 
@@ -145,11 +150,27 @@ def _print_summary(store: DataStore, datasets: list[str], checks: dict[str, bool
             ).fetchall():
                 print(f"    photo {photo_id}: {error}")
             print(f"  manifests in {store.manifests_dir(name)}")
+            _print_training(store.training_dir(name))
     print()
     for name, passed in checks.items():
         note = " (expected: the sample's deliberate malformed lines exceed 0.1 %)" if "rejected" in name else ""
         print(f"check {name}: {'passed' if passed else 'failed'}{note if not passed else ''}")
     print(f"\nphotos in {store.photos_root()} (one copy per photo and size); {seconds:.1f} s in all")
+
+
+def _print_training(out_dir: Path) -> None:
+    """The training dataset's summary and how to load each of its exports."""
+    print("  " + summary_text(out_dir).replace("\n", "\n  "))
+    print("  load it:")
+    print(f"    pandas:        pd.read_parquet({str(out_dir / 'dataset.parquet')!r})  (the index: path, label, split, ...)")
+    if (out_dir / "imagefolder").is_dir():
+        print(f"    Hugging Face:  datasets.load_dataset('imagefolder', data_dir={str(out_dir / 'imagefolder')!r})")
+    if (out_dir / "webdataset").is_dir():
+        shards = str(out_dir / "webdataset" / "train" / "*.tar")
+        print(f"    WebDataset:    webdataset.WebDataset(sorted(glob.glob({shards!r}))).decode('pil')")
+    if (out_dir / "coco").is_dir():
+        print(f"    COCO:          json.load(open({str(out_dir / 'coco' / 'train.json')!r}))  (file_name relative to {out_dir})")
+    print(f"    or: inat-assets report {out_dir.parent.name}")
 
 
 def default_data_dir() -> Path:

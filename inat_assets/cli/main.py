@@ -1,8 +1,9 @@
 """The `inat-assets` command.
 
 `demo` runs the whole graph offline; `sample` writes a sample archive; `batches` lists image batches and
-their status; `env` prints the DAGSTER_HOME line for plain `dagster` commands. Commands that take their
-own options are handed the rest of the command line (``add_help=False``) and parse it themselves.
+their status; `report` prints the summary of a dataset's training dataset; `env` prints the DAGSTER_HOME
+line for plain `dagster` commands. Commands that take their own options are handed the rest of the
+command line (``add_help=False``) and parse it themselves.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
     )
     commands.add_parser(
+        "report",
+        help="print the summary of a dataset's training dataset (see `inat-assets report --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
         "env",
         help="print `export DAGSTER_HOME=...` (the data directory's instance) for plain `dagster` commands",
     )
@@ -59,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from inat_assets.cli.batches import main as batches_main
 
         return batches_main(rest)
+    if args.command == "report":
+        from inat_assets.cli.report import main as report_main
+
+        return report_main(rest)
     if args.command == "ui" and not rest:
         from inat_assets.cli.ui import main as ui_main
 

@@ -9,8 +9,9 @@ A declaration is a ``defs.yaml`` under ``inat_assets/defs/datasets/<name>/``::
       license: [CC0, CC-BY]
       photo_size: medium
 
-Each declaration becomes the assets ``<name>/fetch_parquet`` and ``<name>/image_batches`` (group
-``<name>``, dynamic partitions ``<name>_image_batches``). Everything is checked when the
+Each declaration becomes the assets ``<name>/fetch_parquet``, ``<name>/image_batches`` (dynamic
+partitions ``<name>_image_batches``) and ``<name>/training_dataset`` (built from the ``training``
+section, `inat_assets.training.TrainingOptions`), all in group ``<name>``. Everything is checked when the
 definitions load (enums, bounds, dates, the ``where`` expression parsed by DuckDB), so a typo
 fails ``dg check defs`` and ``dagster dev`` naming the dataset and the field, never mid-run.
 """
@@ -22,11 +23,19 @@ import hashlib
 import json
 import re
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import dagster as dg
 import duckdb
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    GetPydanticSchema,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from inat_assets.dwca.fetch_list import (
     DEFAULT_QUERY_TIMEOUT_SECONDS,
@@ -36,6 +45,7 @@ from inat_assets.dwca.fetch_list import (
     validate_where,
 )
 from inat_assets.errors import FetchListError, InatAssetsError
+from inat_assets.training import TrainingOptions
 
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
@@ -106,45 +116,22 @@ class Captive(StrEnum):
     CULTIVATED = "cultivated"
 
 
-class SplitGrouping(StrEnum):
-    OBSERVER_TAXON = "observer_taxon"
-    OBSERVATION = "observation"
+def _training_options(context: dg.ResolutionContext, value: Any) -> TrainingOptions:
+    return TrainingOptions.model_validate(value)
 
 
-class LicencePolicy(StrEnum):
-    COMMERCIAL_SAFE = "commercial-safe"
-    RESEARCH = "research"
-
-
-class TrainingOptions(dg.Model, dg.Resolvable):
-    """Reserved for the training dataset of issue 8 (splits, caps, exports): validated here so the
-    declaration already holds them, but no asset reads them yet and they do not change any asset."""
-
-    label_rank: TaxonRank = Field(default=TaxonRank.SPECIES, description="Rank of the class label.")
-    seed: int = Field(default=0, ge=0, description="Seed of the stable split hash.")
-    group_by: SplitGrouping = Field(default=SplitGrouping.OBSERVER_TAXON, description="Unit of the split.")
-    val_fraction: float = Field(default=0.1, ge=0.0, le=0.5)
-    test_fraction: float = Field(default=0.1, ge=0.0, le=0.5)
-    max_per_class: int | None = Field(default=None, ge=1)
-    max_per_observer_per_class: int | None = Field(default=None, ge=1)
-    max_per_observation: int | None = Field(default=None, ge=1)
-    min_per_class: int = Field(default=1, ge=1)
-    licence_policy: LicencePolicy | None = Field(default=None)
-    exports: list[str] = Field(default=[], description="webdataset, imagefolder, coco.")
-
-    @field_validator("exports")
-    @classmethod
-    def _known_exports(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - {"webdataset", "imagefolder", "coco"})
-        if unknown:
-            raise ValueError(f"unknown export(s) {', '.join(unknown)}; use webdataset, imagefolder or coco")
-        return value
-
-    @model_validator(mode="after")
-    def _fractions_leave_a_train_split(self) -> TrainingOptions:
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must leave room for a train split (< 1)")
-        return self
+# The `training` section is the engine's own options model (plain pydantic, no Dagster). Dagster's
+# derived YAML model refuses a plain model with constrained fields (Field(ge=...)) field by field,
+# so Dagster is shown `Any` with TrainingOptions as the YAML field type, while pydantic validates
+# the field with TrainingOptions' own schema (errors keep their paths: training.splits.val, ...).
+if TYPE_CHECKING:
+    TrainingSection = TrainingOptions
+else:
+    TrainingSection = Annotated[
+        Any,
+        GetPydanticSchema(lambda _source, handler: handler(TrainingOptions)),
+        dg.Resolver(_training_options, model_field_type=TrainingOptions),
+    ]
 
 
 # Fields that decide which photos are selected and how they are fetched: they make the code version.
@@ -229,8 +216,12 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
         gt=0,
         description="Not a filter: a fetch-list statement running longer is stopped and the run fails naming the where.",
     )
-    training: TrainingOptions = Field(
-        default_factory=TrainingOptions, description="Reserved for the training dataset (issue 8); not used yet."
+    training: TrainingSection = Field(
+        default_factory=TrainingOptions,
+        description=(
+            "The training dataset built from the downloaded batches: label rank, splits, caps, licences, "
+            "exports (inat_assets.training.TrainingOptions; every field has a default)."
+        ),
     )
 
     @field_validator("country_code")
@@ -336,8 +327,20 @@ class InatDataset(dg.Component, dg.Model, dg.Resolvable):
 
         The description and the training options are left out: they change no photo.
         """
-        selection = self.model_dump(mode="json", include=set(SELECTION_FIELDS))
-        return hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:16]
+        return _digest(self.model_dump(mode="json", include=set(SELECTION_FIELDS)))
+
+    def selection(self) -> dict[str, object]:
+        """The dataset's name and the selection fields that are set (the training dataset's card shows them)."""
+        chosen = self.model_dump(mode="json", include=set(SELECTION_FIELDS))
+        return {"dataset": self.name, **{k: v for k, v in chosen.items() if v not in ([], None)}}
+
+    def training_version(self) -> str:
+        """A hash of the selection and the ``training`` section: the training asset's code version.
+
+        Editing the training options makes only ``<name>/training_dataset`` stale; a changed
+        selection changes this too (the photos under the training dataset changed).
+        """
+        return _digest({"selection": self.selection_version(), "training": self.training.model_dump(mode="json")})
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return dataset_definitions(self)
@@ -348,14 +351,17 @@ def dataset_definitions(dataset: InatDataset, retry_policy: dg.RetryPolicy | Non
     # Imported here: the asset modules import this one for the declaration's types.
     from inat_assets.assets.fetch_list import build_fetch_list_check, build_fetch_parquet
     from inat_assets.assets.images import BATCH_RETRY_POLICY, build_image_batches
+    from inat_assets.assets.training import build_training_dataset_asset
     from inat_assets.automation import batch_fill_sensor, follow_upstream
 
     # The fetch list follows a rebuilt table or a changed declaration (its code version) under the
     # archive_automation sensor; the batches are filled by this dataset's own batch-fill sensor.
     fetch = follow_upstream(build_fetch_parquet(dataset))
     images = build_image_batches(dataset, fetch, retry_policy or BATCH_RETRY_POLICY)
+    # Built by hand (no automation condition): it reads every manifest, so not after each batch.
+    training = build_training_dataset_asset(dataset, fetch, images)
     return dg.Definitions(
-        assets=[fetch, images],
+        assets=[fetch, images, training],
         sensors=[batch_fill_sensor(images, dataset.name)],
         asset_checks=[build_fetch_list_check(dataset, fetch)],
         jobs=[
@@ -366,6 +372,10 @@ def dataset_definitions(dataset: InatDataset, retry_policy: dg.RetryPolicy | Non
             )
         ],
     )
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _NAMED_MODELS: dict[type, type[BaseModel]] = {}
@@ -385,7 +395,7 @@ def _named_validation(data: Any, handler: Any) -> Any:
     except ValidationError as exc:
         name = data.get("name") if isinstance(data, dict) else getattr(data, "name", None)
         problems = "; ".join(
-            f"{_field_path(error['loc'])}: {error['msg']}"
+            f"{_field_path(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
             # Dagster's model also accepts a template string for every field; that branch only adds noise.
             if not (error["type"] == "string_type" and error["loc"] and error["loc"][-1] == "str")

@@ -25,7 +25,7 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 
 
 def card_text(r: TrainingDatasetResult, options: TrainingOptions) -> str:
-    name = r.out_dir.name
+    name = str(r.selection.get("dataset") or r.out_dir.name)  # out_dir is datasets/<name>/training
     lines = [f"# {name}: iNaturalist research-grade photos for training", ""]
     nc_nd = {c: n for c, n in r.licences.items() if "-NC" in c or "-ND" in c}
     if nc_nd:
