@@ -21,11 +21,13 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from inat_assets.resources import DataStoreResource
 from inat_assets.storage import DataStore, atomic_write_bytes
 
 INSTANCE_FOLDER = "dagster_home"
 DOWNLOAD_POOL = "inat_downloads"  # the pool of every image batch asset (pool= in its @asset)
-_DEFAULT_DATA_DIR = "./data"  # InatSettings.data_dir's default: INAT_DATA_DIR unset means ./data
+# INAT_DATA_DIR unset means the store resource's default (./data), for commands outside Dagster too.
+_DEFAULT_DATA_DIR: str = DataStoreResource.model_fields["data_dir"].default
 
 
 def packaged_dagster_yaml() -> bytes:
