@@ -157,6 +157,8 @@ def test_demo_command_materializes_both_shipped_datasets_offline(tmp_path: Path)
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     assert "dataset plants: fetch.parquet" in first.stdout and "dataset fungi_open: fetch.parquet" in first.stdout
+    check_lines = [line for line in first.stdout.splitlines() if line.startswith("check ")]
+    assert len(check_lines) >= 5 and all(": passed" in line for line in check_lines), check_lines  # a green first run
     data = tmp_path / "demo"
     plants = query(f"SELECT count(*) FROM '{fetch_path(data, 'plants')}'")[0][0]
     fungi = query(f"SELECT count(*) FROM '{fetch_path(data, 'fungi_open')}'")[0][0]

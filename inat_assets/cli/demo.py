@@ -36,6 +36,13 @@ from inat_assets.testing.mirror import serve_mirror
 from inat_assets.training import summary_text
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The bundled sample has ~1 % malformed lines on purpose (0.99 % of observations, 0.38 % of media): the
+# demo, like `inat-assets ui --demo`, sets the reject checks' soft limit to 2 % so a first run is green.
+DEMO_MAX_REJECT_SHARE = 0.02
+_DEMO_CHECKS = {
+    f"{table}_rejected_lines_under_share": {"config": {"max_reject_share": DEMO_MAX_REJECT_SHARE}}
+    for table in ("observations_parquet", "media_parquet")
+}
 _TABLE_CHAIN = [
     dwca_archive,
     observations_parquet,
@@ -101,7 +108,7 @@ def run_demo(data_dir: Path) -> int:
         for name in datasets:
             fetch, checks, _, _ = _dataset_assets(defs, name)
             chain += [fetch, *checks]
-        tables = _run(chain, instance, resources, run_config=_QUIET)
+        tables = _run(chain, instance, resources, run_config={**_QUIET, "ops": _DEMO_CHECKS})
         checks_passed = {
             f"{e.asset_key.to_user_string()} {e.check_name}": e.passed for e in tables.get_asset_check_evaluations()
         }
@@ -153,8 +160,8 @@ def _print_summary(store: DataStore, datasets: list[str], checks: dict[str, bool
             _print_training(store.training_dir(name))
     print()
     for name, passed in checks.items():
-        note = " (expected: the sample's deliberate malformed lines exceed 0.1 %)" if "rejected" in name else ""
-        print(f"check {name}: {'passed' if passed else 'failed'}{note if not passed else ''}")
+        note = f" (soft limit {DEMO_MAX_REJECT_SHARE:.0%} for the sample's deliberate malformed lines)" if "rejected" in name else ""
+        print(f"check {name}: {'passed' if passed else 'failed'}{note}")
     print(f"\nphotos in {store.photos_root()} (one copy per photo and size); {seconds:.1f} s in all")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
 
+from inat_assets.cli.demo import DEMO_MAX_REJECT_SHARE
 from inat_assets.errors import InatAssetsError
 from inat_assets.instance import ensure_dagster_home
 from inat_assets.resources import OFFICIAL_DWCA_URL
@@ -33,7 +34,6 @@ DEMO_DATA_DIR = "demo-data"
 DEMO_BATCH_SPAN = "500"
 # The sample's deliberate malformed lines (0.99 % of observations) would fail the 0.1 % reject check
 # and show the tables red on a first look; 2 % keeps the check meaningful for the sample.
-DEMO_MAX_REJECT_SHARE = "0.02"
 # `dagster dev` loads the code location from the installed package, so this works from any folder.
 DEFINITIONS_MODULE = "inat_assets.definitions"
 
@@ -56,7 +56,7 @@ def demo_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
         data_dir = Path(env.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()
         env["INAT_DATA_DIR"] = str(data_dir)
         env.setdefault("INAT_BATCH_SPAN", DEMO_BATCH_SPAN)
-        env.setdefault("INAT_MAX_REJECT_SHARE", DEMO_MAX_REJECT_SHARE)
+        env.setdefault("INAT_MAX_REJECT_SHARE", str(DEMO_MAX_REJECT_SHARE))
         if not env.get("INAT_PHOTO_MIRROR"):
             from inat_assets.testing.mirror import serve_mirror
 
