@@ -39,6 +39,7 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The bundled sample has ~1 % malformed lines on purpose (0.99 % of observations, 0.38 % of media): the
 # demo, like `inat-assets ui --demo`, sets the reject checks' soft limit to 2 % so a first run is green.
 DEMO_MAX_REJECT_SHARE = 0.02
+DEMO_DATA_DIR = "demo-data"  # the demo's outputs unless INAT_DATA_DIR says otherwise (`demo` and `ui --demo`)
 _DEMO_CHECKS = {
     f"{table}_rejected_lines_under_share": {"config": {"max_reject_share": DEMO_MAX_REJECT_SHARE}}
     for table in ("observations_parquet", "media_parquet")
@@ -181,4 +182,4 @@ def _print_training(out_dir: Path) -> None:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("INAT_DATA_DIR") or "demo-data").resolve()
+    return Path(os.environ.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()

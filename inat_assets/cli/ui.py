@@ -23,13 +23,12 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
 
-from inat_assets.cli.demo import DEMO_MAX_REJECT_SHARE
-from inat_assets.errors import InatAssetsError
-from inat_assets.instance import ensure_dagster_home
-from inat_assets.resources import OFFICIAL_DWCA_URL
+from inat_assets.cli.demo import DEMO_DATA_DIR, DEMO_MAX_REJECT_SHARE
+from inat_assets.errors import ArchiveError, InatAssetsError
+from inat_assets.instance import default_dagster_home, ensure_dagster_home
+from inat_assets.resources import DwcaResource
 
 DEFAULT_PORT = 3000
-DEMO_DATA_DIR = "demo-data"
 # The bundled sample's ~190 plant photos fall into four batches of this span (as in `inat-assets demo`).
 DEMO_BATCH_SPAN = "500"
 # The sample's deliberate malformed lines (0.99 % of observations) would fail the 0.1 % reject check
@@ -64,20 +63,17 @@ def demo_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
             env["INAT_PHOTO_MIRROR"] = mirror.base_url()
         # Photos may come only from the mirror: a demo never reaches iNaturalist.
         env["INAT_ALLOWED_HOSTS"] = "127.0.0.1"
-        env["DAGSTER_HOME"] = str(ensure_dagster_home(Path(env.get("DAGSTER_HOME") or data_dir / "dagster_home")))
+        env["DAGSTER_HOME"] = str(ensure_dagster_home(default_dagster_home(env)))
         yield env
 
 
 def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
     env = dict(environ)
-    if not env.get("INAT_DWCA_SOURCE"):
-        raise SourceNotChosen(
-            "INAT_DWCA_SOURCE is not set: choose the archive explicitly, e.g. "
-            f"`export INAT_DWCA_SOURCE={OFFICIAL_DWCA_URL}` (about 25 GB) or the path of a local copy, "
-            "and INAT_DATA_DIR for the outputs; or run `inat-assets ui --demo` for the offline sample."
-        )
-    data_dir = Path(env.get("INAT_DATA_DIR") or "data").resolve()
-    env["DAGSTER_HOME"] = str(ensure_dagster_home(Path(env.get("DAGSTER_HOME") or data_dir / "dagster_home")))
+    try:  # the same rule, and message, as the dwca_archive asset
+        DwcaResource(dwca_source=env.get("INAT_DWCA_SOURCE", "")).source()
+    except ArchiveError as exc:
+        raise SourceNotChosen(str(exc)) from None
+    env["DAGSTER_HOME"] = str(ensure_dagster_home(default_dagster_home(env)))
     return env
 
 

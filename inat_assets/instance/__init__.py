@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 
@@ -35,17 +36,19 @@ def packaged_dagster_yaml() -> bytes:
     return (files("inat_assets.instance") / "dagster.yaml").read_bytes()
 
 
-def data_store_from_env() -> DataStore:
+def data_store_from_env(environ: Mapping[str, str] | None = None) -> DataStore:
     """The data directory named by INAT_DATA_DIR (default ./data), for commands that run outside Dagster."""
-    return DataStore.from_setting(os.environ.get("INAT_DATA_DIR") or _DEFAULT_DATA_DIR)
+    environ = os.environ if environ is None else environ
+    return DataStore.from_setting(environ.get("INAT_DATA_DIR") or _DEFAULT_DATA_DIR)
 
 
-def default_dagster_home() -> Path:
+def default_dagster_home(environ: Mapping[str, str] | None = None) -> Path:
     """``$DAGSTER_HOME`` if set, else ``<INAT_DATA_DIR or ./data>/dagster_home``, as an absolute path."""
-    explicit = os.environ.get("DAGSTER_HOME")
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("DAGSTER_HOME")
     if explicit:
         return Path(explicit).expanduser().resolve()
-    return data_store_from_env().path(INSTANCE_FOLDER)
+    return data_store_from_env(environ).path(INSTANCE_FOLDER)
 
 
 def ensure_dagster_home(path: Path | str | None = None) -> Path:
