@@ -5,7 +5,8 @@
 - ``duckdb`` (InatDuckDBResource): DuckDB connections with the memory cap, threads and spill folder
   already applied, so no asset or check can forget them.
 - ``downloader`` (PhotoDownloaderResource): download settings (hosts, contact, concurrency) and
-  the photo mirror, handed out as a ready DownloadConfig and routed tasks.
+  the photo mirror, handed out as a ready DownloadConfig and routed tasks; the per-host budgets in
+  it are the Dagster instance's shared ledger, so every batch run on the instance draws on one.
 
 Every field is read from the environment variable ``INAT_`` + FIELD.upper() (``data_dir`` ->
 ``INAT_DATA_DIR``): the field list is the one list of settings. Only variables that are set are
@@ -22,9 +23,9 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import duckdb
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from inat_assets.download import INAT_PHOTO_HOSTS, DownloadConfig, PhotoTask
 from inat_assets.dwca.convert import DEFAULT_MEMORY_LIMIT, configure_duckdb
@@ -165,6 +166,30 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         ),
     )
 
+    host_budget: str = Field(
+        default="",
+        description=(
+            "Where every download's per-host budgets (requests/s, bytes per hour and day) are shared: empty = "
+            "the Dagster instance's (its PostgreSQL database, or DAGSTER_HOME/host_budget.sqlite); or a ledger "
+            "URL, sqlite:////abs/file.db or postgresql://..., to share one budget between instances on one IP "
+            "(INAT_HOST_BUDGET)."
+        ),
+    )
+    # The instance's ledger, found when a run sets the resource up (see setup_for_execution).
+    _instance_budget: str = PrivateAttr(default="")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if not self.host_budget and context.instance is not None:
+            # Imported here: inat_assets.instance imports this module (the data dir's default).
+            from inat_assets.instance import host_budget_url
+
+            self._instance_budget = host_budget_url(context.instance)
+
+    @property
+    def shared_budget(self) -> str:
+        """The ledger URL handed to the engine: the setting, else the instance's ("" outside a run)."""
+        return self.host_budget or self._instance_budget
+
     def download_config(self, *, retries: int, try_other_host: bool, processes: int) -> DownloadConfig:
         hosts = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
         if self.photo_mirror:
@@ -177,6 +202,7 @@ class PhotoDownloaderResource(_SettingsFromEnv):
             retries=retries,
             try_other_host=try_other_host,
             processes=processes,
+            host_budget=self.shared_budget,
         )
 
     def route(self, task: PhotoTask) -> PhotoTask:

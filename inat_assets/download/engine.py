@@ -362,6 +362,7 @@ async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clea
             if reporter is not None:
                 reporter.cancel()
             await asyncio.gather(*workers, *([reporter] if reporter else []), return_exceptions=True)
+            fetcher.close()
     seconds = time.monotonic() - run.started
     if on_progress:
         _emit(run, on_progress)

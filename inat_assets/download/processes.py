@@ -7,7 +7,8 @@ child runs the ordinary single-process engine into its own part manifest, and th
 the parts into the final manifest at the end. Memory stays bounded: at most a few chunks per
 process are ever queued.
 
-Per-host limits are divided by N, since each child keeps its own budget counters.
+Per-host limits are divided by N, since each child keeps its own budget counters, unless the
+config names a shared ledger (``host_budget``), which all children draw on.
 
 Children die with their parent: each watches its parent's pid and leaves within a second or so of
 the parent's death (a SIGKILLed parent cannot tell them to stop, and they would otherwise wait on
@@ -67,11 +68,12 @@ def _share(limits: HostLimits, n: int) -> HostLimits:
 
 
 def child_config(config: DownloadConfig) -> DownloadConfig:
-    n = config.processes
+    # With a shared ledger (host_budget) the children draw on one budget: each keeps the whole limits.
+    n = 1 if config.host_budget else config.processes
     return replace(
         config,
         processes=1,
-        concurrency=max(1, config.concurrency // n),
+        concurrency=max(1, config.concurrency // config.processes),
         host_limits={host: _share(lim, n) for host, lim in config.host_limits.items()},
         other_hosts=dict(config.other_hosts),  # plain dicts: MappingProxyType does not pickle
         default_limits=_share(config.default_limits, n),

@@ -9,7 +9,16 @@ to the data it describes), created with the packaged ``dagster.yaml``:
 - `inat-assets` commands call `ensure_dagster_home()` themselves;
 - plain `dagster`/`dg` commands get it from ``eval "$(inat-assets env)"`` (prints the export line).
 
-An explicit ``DAGSTER_HOME`` always wins; a ``dagster.yaml`` already in it is left as it is.
+An explicit ``DAGSTER_HOME`` always wins; a ``dagster.yaml`` already in it is left as it is, with
+one exception: the packaged SQLite variant is replaced by the PostgreSQL one when
+``INAT_DAGSTER_POSTGRES_URL`` is set (moving an instance to PostgreSQL; its SQLite history stays in
+the folder and is not copied). Going back is never automatic: with the PostgreSQL variant in place
+and the variable unset, the instance refuses to load and says so.
+
+Storage: SQLite files in ``DAGSTER_HOME`` (``dagster.yaml``), or PostgreSQL
+(``dagster-postgres.yaml``, when ``INAT_DAGSTER_POSTGRES_URL`` names the database) for an instance
+that several machines share. The downloads' shared host budget lives beside it
+(``host_budget_url``): in the same PostgreSQL database, or in ``DAGSTER_HOME/host_budget.sqlite``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from inat_assets.download.host_budget import sqlite_url
+from inat_assets.errors import InatAssetsError
 from inat_assets.resources import DataStoreResource
 from inat_assets.storage import DataStore, atomic_write_bytes
 
@@ -31,9 +42,24 @@ DOWNLOAD_POOL = "inat_downloads"  # the pool of every image batch asset (pool= i
 _DEFAULT_DATA_DIR: str = DataStoreResource.model_fields["data_dir"].default
 
 
-def packaged_dagster_yaml() -> bytes:
-    """The instance configuration shipped with inat-assets (inat_assets/instance/dagster.yaml)."""
-    return (files("inat_assets.instance") / "dagster.yaml").read_bytes()
+POSTGRES_URL_ENV = "INAT_DAGSTER_POSTGRES_URL"  # set: the instance is on PostgreSQL (dagster-postgres.yaml)
+HOST_BUDGET_FILE = "host_budget.sqlite"  # the shared host budget of a SQLite instance, in DAGSTER_HOME
+_SQLITE_YAML, _POSTGRES_YAML = "dagster.yaml", "dagster-postgres.yaml"
+
+
+class InstanceConfigError(InatAssetsError, RuntimeError):
+    """A DAGSTER_HOME whose configuration cannot be used as it is; the message says what to set."""
+
+
+def packaged_dagster_yaml(environ: Mapping[str, str] | None = None) -> bytes:
+    """The instance configuration shipped with inat-assets: inat_assets/instance/dagster.yaml, or
+    dagster-postgres.yaml when ``INAT_DAGSTER_POSTGRES_URL`` is set in ``environ`` (default os.environ)."""
+    environ = os.environ if environ is None else environ
+    return _packaged(_POSTGRES_YAML if environ.get(POSTGRES_URL_ENV) else _SQLITE_YAML)
+
+
+def _packaged(name: str) -> bytes:
+    return (files("inat_assets.instance") / name).read_bytes()
 
 
 def data_store_from_env(environ: Mapping[str, str] | None = None) -> DataStore:
@@ -51,16 +77,26 @@ def default_dagster_home(environ: Mapping[str, str] | None = None) -> Path:
     return data_store_from_env(environ).path(INSTANCE_FOLDER)
 
 
-def ensure_dagster_home(path: Path | str | None = None) -> Path:
-    """Create the instance folder (default: `default_dagster_home()`) with the packaged dagster.yaml if missing.
+def ensure_dagster_home(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Create the instance folder (default: `default_dagster_home()`) with the packaged dagster.yaml if missing
+    (the PostgreSQL variant when ``INAT_DAGSTER_POSTGRES_URL`` is set; see the module docstring).
 
     Returns the absolute folder; does not change the environment (see `use_dagster_home`).
     """
-    home = Path(path).expanduser().resolve() if path is not None else default_dagster_home()
+    environ = os.environ if environ is None else environ
+    home = Path(path).expanduser().resolve() if path is not None else default_dagster_home(environ)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        atomic_write_bytes(config, packaged_dagster_yaml())
+    wanted = packaged_dagster_yaml(environ)
+    current = config.read_bytes() if config.exists() else None
+    if current is None or (current == _packaged(_SQLITE_YAML) and current != wanted):
+        atomic_write_bytes(config, wanted)
+    elif current == _packaged(_POSTGRES_YAML) and not environ.get(POSTGRES_URL_ENV):
+        raise InstanceConfigError(
+            f"the Dagster instance in {home} is on PostgreSQL (its dagster.yaml is inat-assets' PostgreSQL "
+            f"variant), but {POSTGRES_URL_ENV} is not set: export {POSTGRES_URL_ENV}="
+            "postgresql://user:password@host:5432/database (the same for every process of the instance)."
+        )
     instance = DagsterInstance.from_config(str(home))
     try:
         # The queue counts a pool only once it has a row in the instance; until the first download step
@@ -80,6 +116,19 @@ def use_dagster_home(path: Path | str | None = None) -> Path:
     home = ensure_dagster_home(path)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def host_budget_url(instance: DagsterInstance) -> str:
+    """Where the downloads of ``instance`` share their per-host budgets (a ``host_budget`` ledger URL).
+
+    The instance's own PostgreSQL database when its storage is PostgreSQL (every machine of the
+    instance reaches it), else ``host_budget.sqlite`` in its root folder (``DAGSTER_HOME``): every
+    process on this machine that uses the instance shares that file.
+    """
+    postgres_url = getattr(instance.run_storage, "postgres_url", None)
+    if postgres_url:
+        return str(postgres_url)
+    return sqlite_url(Path(instance.root_directory) / HOST_BUDGET_FILE)
 
 
 def open_instance(path: Path | str | None = None) -> DagsterInstance:
