@@ -55,16 +55,12 @@ class PostgresServer:
 
     def create_database(self) -> str:
         """A new, empty database; its URL."""
-        import psycopg2
+        import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        con = psycopg2.connect(self.url())
-        try:
-            con.autocommit = True  # CREATE DATABASE cannot run in a transaction
-            with con.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {name}")
-        finally:
-            con.close()
+        # autocommit: CREATE DATABASE cannot run in a transaction
+        with psycopg.connect(self.url(), autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
 

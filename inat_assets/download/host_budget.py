@@ -336,14 +336,14 @@ class PostgresLedger(HostBudgetLedger):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         try:
-            import psycopg2
+            import psycopg
         except ImportError as exc:
             raise DownloadError(
-                f"the host budget {redact(url)} is a PostgreSQL database, but psycopg2 is not installed: "
+                f"the host budget {redact(url)} is a PostgreSQL database, but psycopg is not installed: "
                 "pip install 'inat-assets[postgres]'"
             ) from exc
-        self._driver = psycopg2
-        self._transient_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
+        self._driver = psycopg
+        self._transient_errors = (psycopg.OperationalError, psycopg.InterfaceError)
         self._con: Any = None
 
     def _sql(self, statement: str) -> str:
@@ -353,7 +353,7 @@ class PostgresLedger(HostBudgetLedger):
         if self._con is None:
             # A SQLAlchemy-style scheme (postgresql+psycopg2://) names a driver libpq does not know.
             scheme, _, rest = self.url.partition("://")
-            self._con = self._driver.connect(f"{scheme.split('+')[0]}://{rest}", connect_timeout=10)
+            self._con = self._driver.connect(f"{scheme.split('+')[0]}://{rest}", connect_timeout=10, autocommit=True)
 
     def _disconnect(self) -> None:
         if self._con is not None:
@@ -364,7 +364,7 @@ class PostgresLedger(HostBudgetLedger):
                 log.debug("closing the host budget connection failed", exc_info=True)
 
     def _transaction(self, body: Callable[[Any], T], *, write: bool) -> T:
-        with self._con, self._con.cursor() as cur:  # commits, or rolls back on an exception
+        with self._con.transaction(), self._con.cursor() as cur:  # commits, or rolls back on an exception
             return body(cur)
 
     def _now(self, cur: Any) -> float:
@@ -382,8 +382,9 @@ def open_ledger(url: str) -> HostBudgetLedger:
     """The ledger a ``host_budget`` URL names (see the module docstring); connects on first use."""
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
-        path = unquote(urlsplit(url).path)
-        if not path or not Path(path).is_absolute():
+        # SQLAlchemy's form: sqlite:/// then the path, so an absolute path gives four slashes.
+        path = unquote(url[len("sqlite:///"):]) if url.lower().startswith("sqlite:///") else ""
+        if not path.startswith("/"):
             raise DownloadError(f"host budget {url!r}: a SQLite ledger needs an absolute path, sqlite:////abs/file.db")
         return SqliteLedger(url, Path(path))
     if scheme.split("+")[0] in ("postgresql", "postgres"):
