@@ -29,7 +29,7 @@ from pydantic import Field, PrivateAttr
 
 from inat_assets.download import INAT_PHOTO_HOSTS, DownloadConfig, PhotoTask
 from inat_assets.dwca.convert import DEFAULT_MEMORY_LIMIT, configure_duckdb
-from inat_assets.errors import ArchiveError
+from inat_assets.errors import ArchiveError, DownloadError
 from inat_assets.storage import DataStore
 
 OFFICIAL_DWCA_URL = "https://www.inaturalist.org/observations/gbif-observations-dwca.zip"
@@ -155,9 +155,9 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         default="",
         description="Comma-separated hosts that may be fetched; empty = the two iNaturalist photo hosts (INAT_ALLOWED_HOSTS).",
     )
-    download_concurrency: int = Field(
-        default=64, ge=1, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
-    )
+    # No ge=1 here: pydantic would check it against the EnvVar placeholder (0) when the variable is
+    # set, and every definition load failed; download_config checks the resolved value instead.
+    download_concurrency: int = Field(default=64, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY).")
     photo_mirror: str = Field(
         default="",
         description=(
@@ -191,6 +191,10 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         return self.host_budget or self._instance_budget
 
     def download_config(self, *, retries: int, try_other_host: bool, processes: int) -> DownloadConfig:
+        if self.download_concurrency < 1:
+            raise DownloadError(
+                f"INAT_DOWNLOAD_CONCURRENCY is {self.download_concurrency}: requests in flight per batch must be 1 or more"
+            )
         hosts = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
         if self.photo_mirror:
             # host:port when the mirror names a port: a bare host would allow only ports 80 and 443.

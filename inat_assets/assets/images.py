@@ -53,7 +53,7 @@ class ImageBatchConfig(Config):
         le=64,
         description=(
             "Worker processes for this batch's downloads. 2 was 1.5x faster on 2 cores at 50 ms latency "
-            "(bench/download.py); each process gets 1/N of the per-host budgets."
+            "(bench/download.py); they draw on the instance's shared per-host budgets."
         ),
     )
 
@@ -111,7 +111,8 @@ def build_image_batches(
         group_name=name,
         kinds={"python", "parquet"},
         code_version=dataset.selection_version(),
-        # Downloads of all batches share one pool, so a backfill cannot multiply the per-host budgets.
+        # Downloads of all batches share one pool: how many batch runs download at once (the per-host
+        # budgets are shared through the instance, not by this pool).
         pool="inat_downloads",
         retry_policy=retry_policy,
         metadata={"dataset": name, "photo_size": size},

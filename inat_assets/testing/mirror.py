@@ -397,7 +397,7 @@ class MirrorServer:
         self.path_hits: Counter[str] = Counter()
         self.host_path_hits: Counter[tuple[str, str]] = Counter()
         self.host_body_bytes: Counter[str] = Counter()  # body bytes written per listening host
-        self.host_request_times: dict[str, list[float]] = {}  # time.monotonic() of each request, per host
+        self.request_log: list[tuple[float, str, str]] = []  # (time.monotonic(), host, path) of each request
         self._fault_counts: Counter[tuple[str, int]] = Counter()
         self.addresses: list[tuple[str, int]] = []
         self.scheme = "http"
@@ -411,6 +411,10 @@ class MirrorServer:
     def hits(self, path: str, host: str | None = None) -> int:
         """Requests seen for ``path`` (``/photos/17/original.jpg``), on one host or on all."""
         return self.host_path_hits[(host, path)] if host else self.path_hits[path]
+
+    def request_times(self, host: str) -> list[float]:
+        """When each request to ``host`` arrived (time.monotonic()), in arrival order."""
+        return [t for t, h, _ in list(self.request_log) if h == host]
 
     def base_url(self, host: str | None = None) -> str:
         """``http://<host>:<port>`` of one listening address (the first one by default)."""
@@ -434,7 +438,7 @@ class MirrorServer:
     # Used by connections ----------------------------------------------------------------------
     def _behaviour_for(self, host: str, target: str) -> tuple[str, str]:
         path = target.split("?", 1)[0]
-        self.host_request_times.setdefault(host, []).append(time.monotonic())
+        self.request_log.append((time.monotonic(), host, path))
         self.path_hits[path] += 1
         self.host_path_hits[(host, path)] += 1
         match = _PHOTO_PATH.match(path)

@@ -153,8 +153,8 @@ def test_three_workers_share_one_request_rate(
 ) -> None:
     workers_to_stop += start_workers(tmp_path, rate_specs(mirror, ledger_url))
     run_to_end(workers_to_stop)
-    times_a = mirror.host_request_times[HOST_A]
-    assert len(times_a) == WORKERS * 20 and len(mirror.host_request_times[HOST_B]) == WORKERS * 100
+    times_a = mirror.request_times(HOST_A)
+    assert len(times_a) == WORKERS * 20 and len(mirror.request_times(HOST_B)) == WORKERS * 100
     # Request slots are spaced 1/RPS apart on the ledger's clock.
     assert busiest_window(times_a) <= SHARED_RATE_BOUND, sorted(times_a)
     # The open-data bucket's stand-in is unlimited: it never touched the ledger.
@@ -167,7 +167,7 @@ def test_without_a_ledger_three_workers_take_three_times_the_rate(
     # The same workers, each counting for itself: the limit above is what the ledger adds.
     workers_to_stop += start_workers(tmp_path, rate_specs(mirror, "", per_worker=40))
     run_to_end(workers_to_stop)
-    assert busiest_window(mirror.host_request_times[HOST_A]) > SHARED_RATE_BOUND
+    assert busiest_window(mirror.request_times(HOST_A)) > SHARED_RATE_BOUND
 
 
 BUDGET_PHOTOS = 20  # the hourly byte budget, in photos of IMAGE_BYTES
