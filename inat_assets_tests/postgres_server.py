@@ -51,16 +51,21 @@ class PostgresServer:
     user: str
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+        """The database's URL in the form INAT_DAGSTER_POSTGRES_URL takes (the ledger takes it too)."""
+        return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{database}"
 
     def create_database(self) -> str:
         """A new, empty database; its URL."""
-        import psycopg
+        import psycopg2
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        # autocommit: CREATE DATABASE cannot run in a transaction
-        with psycopg.connect(self.url(), autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {name}")
+        con = psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname="postgres")
+        try:
+            con.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            with con.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {name}")
+        finally:
+            con.close()
         return self.url(name)
 
 

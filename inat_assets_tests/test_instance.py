@@ -83,7 +83,7 @@ def test_a_download_pool_limit_set_by_hand_is_kept(tmp_path: Path) -> None:
 
 def test_the_postgres_variant_is_the_packaged_yaml_with_storage_added() -> None:
     sqlite = yaml.safe_load(packaged_dagster_yaml({}))
-    postgres = yaml.safe_load(packaged_dagster_yaml({POSTGRES_URL_ENV: "postgresql://x@h/d"}))
+    postgres = yaml.safe_load(packaged_dagster_yaml({POSTGRES_URL_ENV: "postgresql+psycopg2://x@h/d"}))
     assert "storage" not in sqlite
     assert postgres.pop("storage") == {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV}}}
     assert postgres == sqlite  # one configuration: queue, pool, retries, monitoring, telemetry
@@ -139,3 +139,9 @@ def test_a_sqlite_instance_moves_to_postgres_but_never_back_silently(
     with pytest.raises(InstanceConfigError, match=f"{POSTGRES_URL_ENV} is not set"):
         ensure_dagster_home(home)
     assert b"postgres_url" in (home / "dagster.yaml").read_bytes()  # left as it was
+
+
+def test_a_postgres_url_without_the_driver_is_refused_with_the_form_to_use(tmp_path: Path) -> None:
+    with pytest.raises(InstanceConfigError, match=r"postgresql\+psycopg2://user:password@host"):
+        ensure_dagster_home(tmp_path / "home", {POSTGRES_URL_ENV: "postgresql://u@h:5432/d"})
+    assert not (tmp_path / "home").exists()

@@ -14,7 +14,8 @@ processes (``DownloadConfig.host_budget``):
 ``""``                     no ledger: each run counts for itself (``politeness.HostGate``'s memory)
 ``sqlite:////abs/file.db`` a SQLite file; every process on this machine naming it shares it
 ``postgresql://user:pw@host:5432/db``  a PostgreSQL database (the Dagster instance's), shared by
-                           every worker on every machine that reaches it
+                           every worker on every machine that reaches it; a driver suffix
+                           (``postgresql+psycopg2://``, as the Dagster instance needs) is ignored
 
 Only limited hosts use it: the open-data bucket (no limits) never touches the database. Each
 call is one short transaction; for static.inaturalist.org at 5 requests/s that is at most about
@@ -336,14 +337,15 @@ class PostgresLedger(HostBudgetLedger):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         try:
-            import psycopg
+            # psycopg2, the driver dagster-postgres runs on: one PostgreSQL driver for the whole project.
+            import psycopg2
         except ImportError as exc:
             raise DownloadError(
-                f"the host budget {redact(url)} is a PostgreSQL database, but psycopg is not installed: "
+                f"the host budget {redact(url)} is a PostgreSQL database, but psycopg2 is not installed: "
                 "pip install 'inat-assets[postgres]'"
             ) from exc
-        self._driver = psycopg
-        self._transient_errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._driver = psycopg2
+        self._transient_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
         self._con: Any = None
 
     def _sql(self, statement: str) -> str:
@@ -353,7 +355,7 @@ class PostgresLedger(HostBudgetLedger):
         if self._con is None:
             # A SQLAlchemy-style scheme (postgresql+psycopg2://) names a driver libpq does not know.
             scheme, _, rest = self.url.partition("://")
-            self._con = self._driver.connect(f"{scheme.split('+')[0]}://{rest}", connect_timeout=10, autocommit=True)
+            self._con = self._driver.connect(f"{scheme.split('+')[0]}://{rest}", connect_timeout=10)
 
     def _disconnect(self) -> None:
         if self._con is not None:
@@ -364,7 +366,7 @@ class PostgresLedger(HostBudgetLedger):
                 log.debug("closing the host budget connection failed", exc_info=True)
 
     def _transaction(self, body: Callable[[Any], T], *, write: bool) -> T:
-        with self._con.transaction(), self._con.cursor() as cur:  # commits, or rolls back on an exception
+        with self._con, self._con.cursor() as cur:  # psycopg2: commits, or rolls back on an exception
             return body(cur)
 
     def _now(self, cur: Any) -> float:

@@ -45,6 +45,7 @@ _DEFAULT_DATA_DIR: str = DataStoreResource.model_fields["data_dir"].default
 POSTGRES_URL_ENV = "INAT_DAGSTER_POSTGRES_URL"  # set: the instance is on PostgreSQL (dagster-postgres.yaml)
 HOST_BUDGET_FILE = "host_budget.sqlite"  # the shared host budget of a SQLite instance, in DAGSTER_HOME
 _SQLITE_YAML, _POSTGRES_YAML = "dagster.yaml", "dagster-postgres.yaml"
+_POSTGRES_SCHEME = "postgresql+psycopg2://"
 
 
 class InstanceConfigError(InatAssetsError, RuntimeError):
@@ -77,6 +78,24 @@ def default_dagster_home(environ: Mapping[str, str] | None = None) -> Path:
     return data_store_from_env(environ).path(INSTANCE_FOLDER)
 
 
+def check_postgres_url(environ: Mapping[str, str]) -> None:
+    """Refuse an INAT_DAGSTER_POSTGRES_URL Dagster cannot use, before any process opens the instance.
+
+    dagster-postgres runs on psycopg2, and SQLAlchemy 2.1 opens a bare ``postgresql://`` URL with
+    psycopg 3 instead: seen here, the daemon then failed on every ``NOTIFY`` (psycopg 3 binds
+    parameters on the server) or, without psycopg 3, on "No module named 'psycopg'". So the URL
+    names the driver.
+    """
+    url = environ.get(POSTGRES_URL_ENV, "")
+    if url and not url.startswith(_POSTGRES_SCHEME):
+        scheme = url.partition("://")[0] if "://" in url else "no scheme"
+        raise InstanceConfigError(
+            f"{POSTGRES_URL_ENV} starts with {scheme!r}: write it as {_POSTGRES_SCHEME}user:password@host:5432/database "
+            "(Dagster's PostgreSQL storage runs on the psycopg2 driver, and SQLAlchemy 2.1 would pick another "
+            "for a bare postgresql:// URL)."
+        )
+
+
 def ensure_dagster_home(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """Create the instance folder (default: `default_dagster_home()`) with the packaged dagster.yaml if missing
     (the PostgreSQL variant when ``INAT_DAGSTER_POSTGRES_URL`` is set; see the module docstring).
@@ -84,6 +103,7 @@ def ensure_dagster_home(path: Path | str | None = None, environ: Mapping[str, st
     Returns the absolute folder; does not change the environment (see `use_dagster_home`).
     """
     environ = os.environ if environ is None else environ
+    check_postgres_url(environ)
     home = Path(path).expanduser().resolve() if path is not None else default_dagster_home(environ)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -95,7 +115,7 @@ def ensure_dagster_home(path: Path | str | None = None, environ: Mapping[str, st
         raise InstanceConfigError(
             f"the Dagster instance in {home} is on PostgreSQL (its dagster.yaml is inat-assets' PostgreSQL "
             f"variant), but {POSTGRES_URL_ENV} is not set: export {POSTGRES_URL_ENV}="
-            "postgresql://user:password@host:5432/database (the same for every process of the instance)."
+            f"{_POSTGRES_SCHEME}user:password@host:5432/database (the same for every process of the instance)."
         )
     instance = DagsterInstance.from_config(str(home))
     try:
