@@ -72,6 +72,7 @@ class HostGate:
             self.ledger.pause(self.host, seconds)  # every worker of the ledger waits, not just this run
 
     def used(self, window_minutes: int, now: float | None = None) -> int:
+        """Bytes this gate counted itself in the window (0 for a host kept in a ledger: ask the ledger)."""
         minute = int((time.monotonic() if now is None else now) // 60)
         with self._lock:
             return sum(b for m, b in self._minutes if m > minute - window_minutes)
