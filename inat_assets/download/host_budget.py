@@ -27,8 +27,10 @@ seconds; the database does not) and the wall clock for SQLite (one machine, one 
 
 How far a budget can be overshot: a claim checks the bytes already recorded; a request in flight
 records its bytes when its body has been read. So the bytes of the requests in flight at the
-moment a window fills can still arrive: at most the sum over workers of the requests each has in
-flight to that host (its ``concurrency``) times their body size. In practice the request slots keep
+moment a window fills can still arrive: at most the sum over worker processes of the requests each
+has in flight to that host (its ``concurrency``) times their body size, and never more than each
+process's body memory budget (bodies reserve their size before they are read: at most 192 MB per
+process, ``photo_fetcher._BUDGET_MAX``). In practice the request slots keep
 that far lower: at 5 requests/s and about 1 s per photo, about 5 requests of ~2 MB are in flight,
 ~10 MB against the 4,500 MB hourly budget (0.2 %), and the budgets sit 10 % under iNaturalist's
 own (4.5 of 5 GB/hour, 22 of 24 GB/day). Each process holds at most one claimed request slot it
