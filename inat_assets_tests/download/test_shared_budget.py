@@ -27,7 +27,7 @@ from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 3
-WORKER_TIMEOUT = 180.0  # seconds; a worker here takes ~2 s to start and the rate test ~6 s to run
+WORKER_TIMEOUT = 180.0  # seconds; a worker here takes ~2 s to start and the rate test ~9 s to run
 RPS = 10.0
 
 
@@ -92,8 +92,9 @@ def wait_until(what: str, condition: Any, timeout: float = WORKER_TIMEOUT, worke
 
 
 # Rates are compared over windows of a few seconds: the mirror stamps a request when its thread gets
-# to it, and on a loaded machine a stall of a few hundred ms bunches the requests behind it.
-WINDOW = 3.0
+# to it, and on a loaded machine a stall bunches the requests behind it (seen here at load average 13:
+# 43 requests in the busiest 3 s at 10/s, i.e. 1.2 s of requests bunched).
+WINDOW = 5.0
 
 
 def busiest_window(times: list[float], window: float = WINDOW) -> int:
@@ -110,7 +111,8 @@ def busiest_window(times: list[float], window: float = WINDOW) -> int:
 # In a window the ledger grants at most WINDOW x RPS + 1 request slots, but a request can reach the
 # mirror later than its slot: measured here, a fresh worker's first request left 0.4 s after its slot
 # (the first connection and lazy imports), and a stall of the mirror's thread bunches arrivals. Half
-# as much again covers that; three workers counting for themselves take three times as much.
+# as much again (2.5 s of bunched requests) covers that; three workers counting for themselves take
+# three times as much.
 SHARED_RATE_BOUND = 1.5 * WINDOW * RPS
 
 
@@ -128,7 +130,7 @@ def ledger_hosts(url: str) -> set[str]:
         ledger.close()
 
 
-def rate_specs(mirror: MirrorServer, host_budget: str, per_worker: int = 20) -> list[dict[str, Any]]:
+def rate_specs(mirror: MirrorServer, host_budget: str, per_worker: int = 30) -> list[dict[str, Any]]:
     """Each worker: ``per_worker`` photos of the limited host A, 100 of the unlimited host B."""
     return [
         {
@@ -154,8 +156,9 @@ def test_three_workers_share_one_request_rate(
     workers_to_stop += start_workers(tmp_path, rate_specs(mirror, ledger_url))
     run_to_end(workers_to_stop)
     times_a = mirror.request_times(HOST_A)
-    assert len(times_a) == WORKERS * 20 and len(mirror.request_times(HOST_B)) == WORKERS * 100
+    assert len(times_a) == WORKERS * 30 and len(mirror.request_times(HOST_B)) == WORKERS * 100
     # Request slots are spaced 1/RPS apart on the ledger's clock.
+    print(f"shared rate: busiest {WINDOW:g} s held {busiest_window(times_a)} requests (bound {SHARED_RATE_BOUND:g})")
     assert busiest_window(times_a) <= SHARED_RATE_BOUND, sorted(times_a)
     # The open-data bucket's stand-in is unlimited: it never touched the ledger.
     assert ledger_hosts(ledger_url) == {HOST_A}
@@ -167,6 +170,7 @@ def test_without_a_ledger_three_workers_take_three_times_the_rate(
     # The same workers, each counting for itself: the limit above is what the ledger adds.
     workers_to_stop += start_workers(tmp_path, rate_specs(mirror, "", per_worker=40))
     run_to_end(workers_to_stop)
+    print(f"no ledger: busiest {WINDOW:g} s held {busiest_window(mirror.request_times(HOST_A))} requests")
     assert busiest_window(mirror.request_times(HOST_A)) > SHARED_RATE_BOUND
 
 
@@ -205,6 +209,7 @@ def test_three_workers_share_one_hourly_byte_budget(
     workers_to_stop += start_workers(tmp_path, bytes_specs(mirror, ledger_url))
     served = wait_for_budget_stop(workers_to_stop, mirror)
     budget = BUDGET_PHOTOS * IMAGE_BYTES
+    print(f"shared byte budget {budget:,} B: served {served:,} B by {WORKERS} workers")
     # Used up, and overshot by at most the requests in flight when it filled: each worker's
     # concurrency times a body (host_budget.py's bound).
     assert budget <= served <= budget + WORKERS * CONCURRENCY * IMAGE_BYTES, (served, budget)
@@ -221,5 +226,6 @@ def test_without_a_ledger_three_workers_take_three_hourly_budgets(
 ) -> None:
     workers_to_stop += start_workers(tmp_path, bytes_specs(mirror, ""))
     served = wait_for_budget_stop(workers_to_stop, mirror)
+    print(f"no ledger: served {served:,} B against a budget of {BUDGET_PHOTOS * IMAGE_BYTES:,} B")
     assert served >= WORKERS * BUDGET_PHOTOS * IMAGE_BYTES
     assert served > BUDGET_PHOTOS * IMAGE_BYTES + WORKERS * CONCURRENCY * IMAGE_BYTES  # above the shared bound
