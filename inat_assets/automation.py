@@ -36,6 +36,7 @@ from dagster import (
     AutomationCondition,
     AutomationConditionSensorDefinition,
     DagsterInstance,
+    DagsterInvalidConfigError,
     DagsterRunStatus,
     DataVersion,
     DefaultScheduleStatus,
@@ -181,7 +182,7 @@ def archive_automation_sensor() -> AutomationConditionSensorDefinition:
 
 ATTEMPT_TAG = "inat/batch_attempt"
 # On Kubernetes every run is a pod; dagster-k8s takes a run's resource requests from this tag. Batch runs
-# and the table conversion need very different pods (a core and ~1 GB vs DuckDB's memory and spill disk),
+# and the table conversion need very different pods (2 cores and ~1 GB vs DuckDB's memory and spill disk),
 # so the batch runs carry their own (deploy/values.yaml).
 K8S_CONFIG_TAG = "dagster-k8s/config"
 IN_PROCESS_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}
@@ -228,7 +229,7 @@ def batch_run_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         return tags
     try:
         get_user_defined_k8s_config(tags)
-    except Exception as exc:
+    except DagsterInvalidConfigError as exc:
         raise InatAssetsError(f"INAT_BATCH_K8S_CONFIG is not a valid {K8S_CONFIG_TAG} tag: {exc}") from None
     return tags
 
