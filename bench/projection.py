@@ -319,11 +319,13 @@ DEFAULTS: dict[str, Figure] = {
     "static_requests_per_s": Figure(5.0, "published: iNaturalist static host, per IP"),
     "s3_get_per_s": Figure(5500.0, "published: S3 GET/HEAD per prefix per second (open-data bucket)"),
     "store_put_per_s": Figure(3500.0, "published: S3 PUT per prefix per second (fresh bucket: one partition)"),
-    "worker_cores": Figure(2.0, "estimate: one worker pod = 2 cores, like this VM"),
+    "worker_cores": Figure(
+        1.0, "product: a batch run downloads with 1 process (run config `processes`), its pod requests 1 CPU"
+    ),
     "images_per_s": Figure(
-        1021.0,
-        "measured: bench/download.py ours-2p, 50 ms latency, 40 KB, 2 cores (its docstring, 2026-11-26; on "
-        "2026-11-27 at load ~16 it made 122/s: wall rates on this shared VM follow the load)",
+        673.0,
+        "measured: bench/download.py ours (1 process), 50 ms latency, 40 KB (its docstring, 2026-11-26; on "
+        "2026-11-27 at load ~16 it made 130/s: wall rates on this shared VM follow the load)",
     ),
     "cpu_ms_per_image": Figure(
         1.7,

@@ -182,7 +182,7 @@ def archive_automation_sensor() -> AutomationConditionSensorDefinition:
 
 ATTEMPT_TAG = "inat/batch_attempt"
 # On Kubernetes every run is a pod; dagster-k8s takes a run's resource requests from this tag. Batch runs
-# and the table conversion need very different pods (2 cores and ~1 GB vs DuckDB's memory and spill disk),
+# and the table conversion need very different pods (a core and ~0.5 GB vs DuckDB's memory and spill disk),
 # so the batch runs carry their own (deploy/values.yaml).
 K8S_CONFIG_TAG = "dagster-k8s/config"
 IN_PROCESS_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}

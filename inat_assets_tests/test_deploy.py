@@ -393,8 +393,8 @@ def test_batch_runs_request_their_own_pod_resources_through_the_tag(
     batch_pod = run_job(launcher, values, tags).spec.template
     container = batch_pod.spec.containers[0]
     assert container.image == JOB_IMAGE
-    assert container.resources.requests == {"cpu": "2", "memory": "1Gi"}
-    assert container.resources.limits == {"memory": "2Gi"}
+    assert container.resources.requests == {"cpu": "1", "memory": "512Mi"}
+    assert container.resources.limits == {"memory": "1Gi"}
     assert batch_pod.metadata.labels["inat/run"] == "image-batch"
     # The code location's secrets and volumes reach the run pod (includeConfigInLaunchedRuns).
     assert {source.secret_ref.name for source in container.env_from if source.secret_ref} == {"inat-assets-aws"}
