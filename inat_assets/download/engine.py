@@ -36,7 +36,7 @@ from inat_assets.download.config import (
 )
 from inat_assets.download.files import find_existing, photo_ids_in, remove_stale_photo_parts
 from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest, os_error_cause
-from inat_assets.download.network import make_transport
+from inat_assets.download.network import AiohttpTransport, make_transport
 from inat_assets.download.photo_fetcher import Fetcher
 from inat_assets.errors import StorageError
 from inat_assets.storage import atomic_write_bytes
@@ -212,6 +212,7 @@ class _Run:
     clean_parts: bool = True  # False in worker processes: the parent cleans each folder once
     _folders: dict[Path, tuple[str, set[int]]] = field(default_factory=dict)
     _ssl: ssl.SSLContext | None = None
+    _shared: httpx.AsyncBaseTransport | None = None
 
     def folder(self, photo_id: int) -> tuple[str, set[int]]:
         """The destination folder as a string, and the ids of the photos on file there (listed on
@@ -237,12 +238,18 @@ class _Run:
                 del self._folders[next(iter(self._folders))]
         return known
 
-    def transport(self) -> httpx.AsyncHTTPTransport:
+    def transport(self) -> tuple[httpx.AsyncBaseTransport, bool]:
+        """The transport for a worker, and whether the worker owns it (and closes it when done):
+        aiohttp's pool is shared by the whole run, httpcore's are per worker (see network.py)."""
         if self._ssl is None:  # one context for all workers: loading CA certificates takes ~20 ms
             ca = self.config.ca_file
             self._ssl = ssl.create_default_context(cafile=ca) if ca else httpx.create_ssl_context()
         cfg = self.config
-        return make_transport(self._ssl, http2=cfg.http2, fast=cfg.fast_network_backend)
+        if cfg.uses_aiohttp:
+            if self._shared is None:
+                self._shared = AiohttpTransport(self._ssl, max_connections=cfg.concurrency)
+            return self._shared, False
+        return make_transport(self._ssl, http2=cfg.http2, fast=cfg.fast_network_backend), True
 
     def set_note(self, note: str | None) -> None:
         self.note = note
@@ -317,19 +324,24 @@ def _store(path: str, body: bytes) -> str:
 
 
 async def _worker(run: _Run, fetcher: Fetcher, tasks: Iterator[PhotoTask]) -> None:
-    transport: httpx.AsyncHTTPTransport | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    owned = False
     try:
         # Workers pull from one shared iterator: next() runs without an await, so no two workers
         # see the same item, and at most `concurrency` tasks are ever out of the input.
         for task in tasks:
             if transport is None:
-                transport = run.transport()  # per worker: its pool never has two requests at once
+                transport, owned = run.transport()
             run.settle(await _process(run, fetcher, task, transport))
     finally:
-        if transport is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await transport.aclose()
+        if transport is not None and owned:
+            await _close(transport)
+
+
+async def _close(transport: httpx.AsyncBaseTransport) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await transport.aclose()
 
 
 async def _report(run: _Run, on_progress: Callable[[Progress], None], interval: float) -> None:
@@ -362,6 +374,8 @@ async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clea
             if reporter is not None:
                 reporter.cancel()
             await asyncio.gather(*workers, *([reporter] if reporter else []), return_exceptions=True)
+            if run._shared is not None:
+                await _close(run._shared)
     seconds = time.monotonic() - run.started
     if on_progress:
         _emit(run, on_progress)
