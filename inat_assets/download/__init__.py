@@ -101,9 +101,19 @@ from inat_assets.download.config import (
     parse_photo_id,
 )
 from inat_assets.download.engine import DownloadJob, DownloadSummary, Progress
-from inat_assets.download.manifest import MANIFEST_SCHEMA
 from inat_assets.download.processes import BatchFolders
 from inat_assets.download.runner import run, run_download
+
+
+def __getattr__(name: str) -> object:
+    # On first use: the schema needs pyarrow, which worker processes (they import this package)
+    # never load otherwise (see manifest.py).
+    if name == "MANIFEST_SCHEMA":
+        from inat_assets.download.manifest import manifest_schema
+
+        return manifest_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CACHED",
