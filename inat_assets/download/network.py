@@ -44,7 +44,8 @@ if importlib.util.find_spec("sniffio") is None:
 
 # Stop reading from the socket while this much is buffered. Bytes waiting here are outside the
 # body budget below, so this times the concurrency bounds them: 64 connections x (256 KiB + one
-# 256 KiB read) = 32 MiB at most.
+# 256 KiB read) = 32 MiB at most. (AiohttpTransport: aiohttp pauses at 128 KiB a connection,
+# 32 MiB for the default 256.)
 _READ_PAUSE_BYTES = 256 * 1024
 
 

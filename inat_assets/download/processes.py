@@ -8,7 +8,8 @@ its manifest rows back in batches, which the parent writes into the one manifest
 load pyarrow or NumPy (about 60 MB each): a child's resident memory is the interpreter, httpx and
 aiohttp. Memory stays bounded: at most a few chunks per process are ever queued.
 
-Per-host limits are divided by N, since each child keeps its own budget counters.
+Per-host limits are divided by N, since each child keeps its own budget counters; so is the
+memory budget for response bodies (``photo_fetcher.body_budget``) and the concurrency.
 
 Children die with their parent: each watches its parent's pid and leaves within a second or so of
 the parent's death (a SIGKILLed parent cannot tell them to stop, and they would otherwise wait on
@@ -48,6 +49,7 @@ from inat_assets.download.engine import (
     run_loop,
 )
 from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
+from inat_assets.download.photo_fetcher import body_budget
 from inat_assets.errors import InatAssetsError
 from inat_assets.photos import BatchFolders  # noqa: F401 -- re-exported: the folder rule lives in inat_assets.photos
 
@@ -66,11 +68,12 @@ def _share(limits: HostLimits, n: int) -> HostLimits:
 
 
 def child_config(config: DownloadConfig) -> DownloadConfig:
-    n = config.processes
+    n = config.processes or 1
     return replace(
         config,
         processes=1,
         concurrency=max(1, config.concurrency // n),
+        body_budget=max(config.max_bytes, body_budget(config) // n),  # the run's bound holds for all together
         host_limits={host: _share(lim, n) for host, lim in config.host_limits.items()},
         other_hosts=dict(config.other_hosts),  # plain dicts: MappingProxyType does not pickle
         default_limits=_share(config.default_limits, n),
@@ -204,7 +207,7 @@ def run_in_processes(job: DownloadJob, on_progress: ProgressCallback | None = No
         raise TypeError(
             "with processes > 1, dest_dir must be picklable (a Path, or BatchFolders instead of a lambda)"
         ) from exc
-    n = job.config.processes
+    n = job.config.processes or 1
     total = job.expected_total()
     ctx = mp.get_context("spawn")  # fork is unsafe in a process that may run other threads (Dagster)
     tasks_q = ctx.Queue(maxsize=4 * n)
