@@ -5,6 +5,10 @@ interval, total). ``inat_assets.download.runner.run(job, on_progress)`` takes th
 it to a runner with that same signature: ``run_in_process`` here (one event loop) or
 ``inat_assets.download.processes.run_in_processes`` (worker processes, each running this module's
 loop). This module imports neither of the others.
+
+Per photo: the folder listing says whether it may be on file (``PhotoWriter.list_ids``, once per
+folder); if so ``PhotoWriter.check`` validates it; otherwise ``Fetcher.fetch`` gets it (the body
+hashed as it arrives) and ``PhotoWriter.write`` stores it, and one manifest row records it.
 """
 
 from __future__ import annotations
