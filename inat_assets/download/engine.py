@@ -237,8 +237,11 @@ class _Run:
                 known.set_result((folder, await self.photos.list_ids(folder)))
             except BaseException as exc:
                 del self._folders[path]
-                known.set_exception(exc)
-                known.exception()  # retrieved: the waiters, if any, get it raised
+                if isinstance(exc, asyncio.CancelledError):
+                    known.cancel()
+                else:
+                    known.set_exception(exc)
+                    known.exception()  # retrieved: the waiters, if any, get it raised
                 raise
             if len(self._folders) > _LISTED_FOLDERS:
                 # Bounded memory for runs over many folders. Forgetting is safe: a folder seen

@@ -377,8 +377,8 @@ class Fetcher:
         too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
         received = 0
-        # Hashed as the bytes arrive (while they are still in the CPU's cache), so writing the
-        # photo is the only pass over it afterwards and a writer never needs the whole body twice.
+        # Hashed as the bytes arrive: writing the photo is then the only pass over it afterwards,
+        # and a writer never needs the body for its digest (an object-store PUT can stream it).
         digest = hashlib.sha256()
         # aiter_raw hands over the bytes as sent (httpx's own decoders inflate without a cap).
         async for raw in response.aiter_raw():
