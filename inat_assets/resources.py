@@ -157,7 +157,9 @@ class PhotoDownloaderResource(_SettingsFromEnv):
     )
     # No ge=1 here: pydantic would check it against the EnvVar placeholder (0) when the variable is
     # set, and every definition load failed; download_config checks the resolved value instead.
-    download_concurrency: int = Field(default=64, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY).")
+    download_concurrency: int = Field(
+        default=DownloadConfig.concurrency, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
+    )
     photo_mirror: str = Field(
         default="",
         description=(
@@ -190,7 +192,7 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         """The ledger URL handed to the engine: the setting, else the instance's ("" outside a run)."""
         return self.host_budget or self._instance_budget
 
-    def download_config(self, *, retries: int, try_other_host: bool, processes: int) -> DownloadConfig:
+    def download_config(self, *, retries: int, try_other_host: bool, processes: int | None = None) -> DownloadConfig:
         if self.download_concurrency < 1:
             raise DownloadError(
                 f"INAT_DOWNLOAD_CONCURRENCY is {self.download_concurrency}: requests in flight per batch must be 1 or more"
