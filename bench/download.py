@@ -27,7 +27,21 @@ without re-encoding, 2 processes x 64 threads.
 Measured 2026-11-27 on the 2-core dev VM while about seven other sessions shared it (load
 average 10-14: every process got a fraction of a core, so images/s mostly follows CPU per image
 and the spread is wide; CPU per image is the steadier figure). Files on ext4 (/tmp).
-10,000 x 40 KB, medians of 3, ``--repeat 3 --count 10000``:
+The defaults, 20,000 x 40 KB, medians of 3, ``--repeat 3 --only ours,ours-1p,aiohttp,img2dataset``:
+
+    latency  contender      images/s  (min-max)  CPU ms/img  peak MB
+    0 ms     ours              401    (191-552)     1.02       294
+             ours-1p           272    (187-292)     1.11       187
+             aiohttp           427    (373-536)     0.74        48
+             img2dataset       425    (346-459)     1.17       218
+    50 ms    ours              856    (421-856)     0.97       292
+             ours-1p           349    (230-483)     1.04       187
+             aiohttp           542    (459-837)     0.48        47
+             img2dataset       405    (306-592)     1.17       216
+
+Ratios of images/s, ours (defaults): 0.94x aiohttp and 0.95x img2dataset at 0 ms; 1.58x aiohttp
+and 2.11x img2dataset at 50 ms (the spread is wide: see min-max). Every variant, 10,000 x 40 KB,
+medians of 3, ``--repeat 3 --count 10000`` (an earlier, more loaded hour):
 
     latency  contender      images/s  (min-max)  CPU ms/img  peak MB
     0 ms     ours              312    (165-369)     1.17       304
@@ -45,7 +59,7 @@ and the spread is wide; CPU per image is the steadier figure). Files on ext4 (/t
              aiohttp           824    (537-897)     0.58        46
              img2dataset       331    (313-335)     1.46       215
 
-Ratios of images/s: ours/aiohttp 0.79x at 0 ms, 0.28x at 50 ms; ours/img2dataset 1.19x and
+In that hour ours/aiohttp was 0.79x at 0 ms and 0.28x at 50 ms, ours/img2dataset 1.19x and
 0.69x. aiohttp under httpx takes 21 % less CPU per image than h11/httpcore (1.04 vs 1.31 ms);
 the helper write thread 13 % less than writing inline (1.04 vs 1.20 ms at 0 ms), with the same
 images/s within the spread. Where ours spends its CPU (py-spy, one process, 8,000 photos at

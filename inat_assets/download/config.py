@@ -146,7 +146,9 @@ class DownloadConfig:
     # Worker processes; None: one per core this process may use (affinity, cgroup CPU quota), at
     # most MAX_AUTO_PROCESSES, and 1 for a run known to be small (see worker_processes). 1 runs
     # everything on one event loop; more spread HTTP parsing, hashing and file writes over cores
-    # (processes.py); dest_dir must then be picklable (BatchFolders).
+    # (processes.py); dest_dir must then be picklable (BatchFolders). Workers start with
+    # multiprocessing's "spawn", which imports the caller's main script again: a script that
+    # runs a download at its top level needs `if __name__ == "__main__":` (or processes=1).
     processes: int | None = None
     allowed_hosts: tuple[str, ...] = INAT_PHOTO_HOSTS
     host_limits: Mapping[str, HostLimits] = field(default_factory=lambda: DEFAULT_HOST_LIMITS)
