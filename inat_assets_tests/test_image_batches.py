@@ -12,7 +12,9 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, RetryPolicy, materialize
 
+from inat_assets.assets.images import batch_progress_observer
 from inat_assets.batches import BatchError, batch_range, nice_span, plan_batches
+from inat_assets.download import Progress
 from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
 from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets.training.report import load_result
@@ -68,7 +70,13 @@ def test_batches_are_registered_downloaded_and_resumed(
 
     key = keys[0]
     photos = _photos(data, key, 2_000)
-    result = materialize([PLANTS.image_batches], partition_key=key, resources=resources, instance=instance)
+    seen: list[tuple[str, Progress]] = []  # what `inat-assets demo` draws its bar from, besides the run log
+    token = batch_progress_observer.set(lambda batch, progress: seen.append((batch, progress)))
+    try:
+        result = materialize([PLANTS.image_batches], partition_key=key, resources=resources, instance=instance)
+    finally:
+        batch_progress_observer.reset(token)
+    assert seen and seen[-1][0] == key and seen[-1][1].done == seen[-1][1].total == len(photos)
     meta = metadata(result, "plants/image_batches")
     assert meta["dagster/row_count"] == meta["ok"] == len(photos) > 0 and meta["failed_permanent"] == 0
     manifest = query(
