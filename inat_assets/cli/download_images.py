@@ -7,7 +7,8 @@ file (``foo`` = photo id, ``identifier`` = URL, optional ``format``), read in ba
 Output: ``<output>/<batch-key>/<photo_id>.<ext>`` with batch keys ``batch-NNNNNN`` = photo id //
 span, the same folders as the ``image_batches`` asset: the span recorded in ``<output>/batches.json``,
 else ``--batch-span``, else the span of the data dir the fetch list is in (its ``batches.json``), else
-a round span giving about 50,000 photos per folder; it is recorded in ``<output>/batches.json``.
+a round span giving at least 250,000 photos per folder (the image_batches default); it is recorded in
+``<output>/batches.json``.
 And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
 A rerun skips every photo already on disk and retries only failures. A photo id listed twice is
 fetched once. Rows whose photo id is unusable (text, a fraction, NaN, negative, beyond 2^63, null)
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read timeout in seconds; connect gets a third of it, a whole request 4x (default 30)")
     parser.add_argument("--contact", default="", help="e-mail or URL added to the User-Agent (iNaturalist asks for one)")
     parser.add_argument("--batch-span", type=int, default=0,
-                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~50,000 photos)")
+                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~250,000 photos)")
     parser.add_argument("--no-other-host", action="store_true", help="do not try the other iNat host on 403/404")
     parser.add_argument("--progress-interval", type=float, default=None,
                         help="seconds between progress updates (default: 0.2 for the bar on a terminal, 1 for lines)")
