@@ -12,11 +12,14 @@
    (the bar, every 0.2 s) and once with ``--quiet`` (no display), alternating, medians of
    ``--repeat``; images/s and CPU ms per photo of the download-images process.
 
-Measured 2026-11-27 on the 2-core dev VM, shared with other jobs (wall times noisy; CPU is the claim):
+Measured 2026-11-27 on the 2-core dev VM while ~7 other jobs loaded it (load average 5-13):
 
-    bar   update: 0.61 ms CPU   per 10k photos at 1,000/s: 50 updates, 0.03 s = 0.04 % of the 8 s goal
-    lines update: 0.02 ms CPU
-    download-images 5,000 photos, median of 3: bar / quiet = 1.00x images/s, 1.01x CPU per photo
+    bar   1.23-1.33 ms CPU per update (two runs): 5 updates/s = 0.7 % of one core, whatever the rate;
+          per 10k photos at 1,000/s, 50 updates = 0.07 s CPU = 0.8 % of the 8 s CPU goal
+    lines 0.007 ms CPU per update
+    download-images, 5,000 photos, medians of 3: bar / quiet = 1.34x images/s, 0.86x CPU per photo
+          (a first run: 2.03x, 0.93x). In both the bar's median was the faster, with the bar always run
+          first; the order now alternates. No cost of the bar shows above the load's noise.
 """
 
 from __future__ import annotations
@@ -153,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 pq.write_table(pa.table({"photo_id": ids, "url": [f"{base}/photos/{i}/original.jpg" for i in ids]}),
                                parquet)
                 runs: dict[str, list[tuple[float, float]]] = {"bar": [], "quiet": []}
-                for _ in range(args.repeat):
-                    for kind in runs:  # alternating, so load changes on the machine hit both alike
+                for round_ in range(args.repeat):
+                    # Alternating, and which goes first too: a run pays for the previous run's files
+                    # (write-back, the rm), so a fixed order would favour one of the two.
+                    for kind in (("bar", "quiet") if round_ % 2 == 0 else ("quiet", "bar")):
                         runs[kind].append(download(base, parquet, Path(work) / "out", bar=kind == "bar"))
         finally:
             mirror.terminate()
