@@ -6,6 +6,8 @@ without a request. Each dataset has its own manifests (``datasets/<name>/manifes
 listing exactly the photos its fetch list has in that batch.
 """
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -59,7 +61,17 @@ class ImageBatchConfig(Config):
     )
 
 
-def _log_progress(context: AssetExecutionContext, key: str):
+# A second reader of batch progress in this thread, besides the run log: `inat-assets demo` sets it
+# around its in-process runs to draw one terminal bar per dataset (inat_assets.cli.progress). Unset in
+# every other run: asset bodies only log, a run worker has no terminal.
+batch_progress_observer: ContextVar[Callable[[str, Progress], None] | None] = ContextVar(
+    "batch_progress_observer", default=None
+)
+
+
+def _log_progress(context: AssetExecutionContext, key: str) -> Callable[[Progress], None]:
+    observer = batch_progress_observer.get()
+
     def log(progress: Progress) -> None:
         total = f"/{progress.total:,}" if progress.total is not None else ""
         eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
@@ -68,6 +80,8 @@ def _log_progress(context: AssetExecutionContext, key: str):
             f"{key}: {progress.done:,}{total} settled, {progress.ok:,} downloaded, {progress.skipped:,} already "
             f"on disk, {progress.failed:,} failed, {progress.rate:.0f}/s{eta}{note}"
         )
+        if observer is not None:
+            observer(key, progress)
 
     return log
 
