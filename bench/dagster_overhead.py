@@ -6,9 +6,9 @@
 A batch run is what the README, the UI and the batch-fill sensor launch: a fresh process that
 imports Dagster, loads ``inat_assets.definitions``, opens the instance, writes the run's events and
 runs the asset body. Here it is ``dagster asset materialize -m inat_assets.definitions --select
-plants/image_batches --partition KEY`` (the README's command), with Dagster's default executor
-(multiprocess: the step runs in a second process, as in a backfill launched from the UI) and with
-the in-process executor (what the batch-fill sensor asks for). Per run:
+plants/image_batches --partition KEY`` (the README's command), with the definitions' in-process
+executor and, as the baseline, with Dagster's multiprocess executor (the step in a second process;
+``bench/multiprocess_definitions.py``), which the definitions used before. Per run:
 
     overhead = wall time of the command - the engine's own seconds (the ``seconds`` the asset records)
 
@@ -45,7 +45,6 @@ wherever it can be chosen (the batch-fill sensor already asks for it): it halves
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -66,7 +65,6 @@ import pyarrow.parquet as pq  # noqa: E402
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance  # noqa: E402
 from download import start_mirror  # noqa: E402  (bench/download.py: the mirror in its own process)
 
-from inat_assets.automation import IN_PROCESS_RUN_CONFIG  # noqa: E402
 from inat_assets.batches import DEFAULT_PHOTOS_PER_BATCH, batch_key, record_span  # noqa: E402
 from inat_assets.dwca.convert import sql_string  # noqa: E402
 from inat_assets.instance import open_instance  # noqa: E402
@@ -115,10 +113,10 @@ def partition_run(env: dict[str, str], key: str, in_process: bool) -> dict[str, 
     store = DataStore.from_setting(env["INAT_DATA_DIR"])
     shutil.rmtree(store.photos_dir(SIZE, key), ignore_errors=True)
     store.manifest("plants", key).unlink(missing_ok=True)
-    cmd = [DAGSTER, "asset", "materialize", "-m", "inat_assets.definitions", "--select", ASSET.to_user_string(),
-           "--partition", key]
-    if in_process:
-        cmd += ["--config-json", json.dumps(IN_PROCESS_RUN_CONFIG)]
+    # The definitions run in-process; the multiprocess baseline is the same definitions with the other executor.
+    source = ["-m", "inat_assets.definitions"] if in_process else ["-f", str(Path(__file__).with_name(
+        "multiprocess_definitions.py"))]
+    cmd = [DAGSTER, "asset", "materialize", *source, "--select", ASSET.to_user_string(), "--partition", key]
     wall, cpu = timed(cmd, env)
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
     try:

@@ -185,7 +185,6 @@ ATTEMPT_TAG = "inat/batch_attempt"
 # and the table conversion need very different pods (a core and ~0.5 GB vs DuckDB's memory and spill disk),
 # so the batch runs carry their own (deploy/values.yaml).
 K8S_CONFIG_TAG = "dagster-k8s/config"
-IN_PROCESS_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}
 PARTITION_TAG = "dagster/partition"
 _IN_FLIGHT = [
     DagsterRunStatus.NOT_STARTED,
@@ -408,9 +407,6 @@ def batch_fill_sensor(
                 partition_key=key,
                 asset_selection=[asset_key],
                 tags={**run_tags, ATTEMPT_TAG: str(attempt)},
-                # A batch run has one step: the default multiprocess executor would only add a second
-                # Python process per batch (~8 s of start-up on 2 busy cores, measured in the e2e test).
-                run_config=IN_PROCESS_RUN_CONFIG,
             )
             for key, attempt in plan.requests
         ]

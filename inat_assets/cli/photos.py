@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
-from dagster import Definitions
-
-from inat_assets.batches import load_span
-from inat_assets.photo_usage import SelectedPhotos, find_unused_photos
-from inat_assets.resources import DataStoreResource, env_var
+from inat_assets.photo_usage import SelectedPhotos
 from inat_assets.storage import DataStore
+
+if TYPE_CHECKING:
+    from dagster import Definitions
+
+# Dagster (and what imports it) is imported by `run` only: `inat-assets` builds this command's parser for
+# every command, and `inat-assets env` / `--help` should not pay Dagster's ~2 s import.
 
 
 def declared_selections(defs: Definitions, store: DataStore) -> list[SelectedPhotos]:
@@ -40,7 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from inat_assets.batches import load_span
     from inat_assets.definitions import defs
+    from inat_assets.photo_usage import find_unused_photos
+    from inat_assets.resources import DataStoreResource, env_var
 
     default = DataStoreResource.model_fields["data_dir"].default
     store = DataStore.from_setting(str(args.data_dir or os.environ.get(env_var("data_dir")) or default))

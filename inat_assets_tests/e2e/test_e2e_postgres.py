@@ -18,7 +18,6 @@ from inat_assets.testing.mirror import serve_mirror
 from inat_assets_tests.e2e.conftest import (
     CHAIN_TIMEOUT,
     FILL_TIMEOUT,
-    IN_PROCESS,
     PartitionStatuses,
     expected_graph,
 )
@@ -53,14 +52,14 @@ def test_image_batches_run_in_parallel_on_a_postgres_instance(
     ) as ui:
         client, expected = ui.client, expected_graph()
         observable = sorted(set(expected.parents) - expected.materializable)
-        chain = client.launch_assets(ui.location, [*observable, *expected.unpartitioned], IN_PROCESS)
+        chain = client.launch_assets(ui.location, [*observable, *expected.unpartitioned])
         status = wait_for("the chain's run", lambda: s if (s := client.run_status(chain)) in RUN_DONE else None,
                           CHAIN_TIMEOUT)
         assert status == "SUCCESS", f"the chain's run ended {status}; see {ui.log_path}"
 
         partitioned = sorted(expected.partitioned)
         for key in partitioned:  # "Materialize all" on each dataset's image batches: one queued run per batch
-            client.launch_backfill_all_partitions([key], IN_PROCESS)
+            client.launch_backfill_all_partitions([key])
 
         def settled() -> dict[str, PartitionStatuses] | None:
             statuses = {key: client.partition_statuses(key) for key in partitioned}
