@@ -146,5 +146,9 @@ def _done(status: str) -> str | None:
 @pytest.fixture(scope="session")
 def filled_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilledDemo]:
     root = tmp_path_factory.mktemp("e2e")
-    with serve_mirror(("127.0.0.1",)) as mirror, demo_ui(root, mirror.base_url()) as ui:
+    # Every demo batch is requested on the sensors' first tick: with the default limit (4 in flight) the
+    # rest waited for the next tick, 60 s later. The limit itself is pinned by test_automation.py.
+    with serve_mirror(("127.0.0.1",)) as mirror, demo_ui(
+        root, mirror.base_url(), extra_env={"INAT_BATCH_RUNS_IN_FLIGHT": "1000"}
+    ) as ui:
         yield _fill(ui, mirror)
