@@ -35,6 +35,18 @@ REAL_OBSERVATIONS = FIXTURES / "real_observations_2022.csv"
 
 TABLE_ASSETS = [definitions.dwca_archive, definitions.observations_parquet, definitions.media_parquet]
 TABLE_CHECKS = [definitions.observations_reject_share, definitions.media_reject_share, definitions.unique_observation_ids]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for `pytest -n 2 --dist loadgroup` (the README's command): one worker runs all of a file's
+    tests, so module fixtures are built once, and one worker runs every e2e test, so the session's
+    `dagster dev` demo (filled_demo, ~2.5 min) is set up once, not once per worker."""
+    for item in items:
+        group = "e2e" if item.get_closest_marker("e2e") else item.path.relative_to(Path(__file__).parent).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 # The test datasets keep the seed's default when a test gives no kingdom.
 DEFAULT_FILTERS: dict[str, Any] = {"kingdom": ["Plantae"]}
 
