@@ -47,9 +47,9 @@ __all__ = [
 
 # Photos per batch when the span is chosen here. Each batch is one Dagster run, and a run costs a fixed
 # 4-14 s (a fresh process importing Dagster and loading the definitions: ~3.3 s CPU; twice that under
-# the default multiprocess executor, whose step runs in a second process; plus its events), measured by
-# bench/dagster_overhead.py against the engine's own time on the local mirror at 50 ms. At 50,000
-# photos that was 4 % (in-process executor, the batch-fill sensor's runs) to 10 % (multiprocess) of a
+# Dagster's default multiprocess executor, whose step runs in a second process; plus its events), measured
+# by bench/dagster_overhead.py against the engine's own time on the local mirror at 50 ms. At 50,000
+# photos that was 4 % (in-process executor, the definitions' executor since) to 10 % (multiprocess) of a
 # batch; the goal is at most 2 %. 250,000 brings both to 1-2 %, while a batch's bookkeeping stays
 # small: the previous manifest (~90 B per photo) and the folder's id set (~60 B) are ~40 MB at 250k,
 # ~95 MB at the 2.5x that rounding the span up to 1/2/5 x 10^k ids can give.
