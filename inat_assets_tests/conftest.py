@@ -37,14 +37,19 @@ TABLE_ASSETS = [definitions.dwca_archive, definitions.observations_parquet, defi
 TABLE_CHECKS = [definitions.observations_reject_share, definitions.media_reject_share, definitions.unique_observation_ids]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for `pytest -n 2 --dist loadgroup` (the README's command): one worker runs all of a file's
-    tests, so module fixtures are built once, and one worker runs every e2e test, so the session's
-    `dagster dev` demo (filled_demo, ~2.5 min) is set up once, not once per worker."""
-    for item in items:
-        group = "e2e" if item.get_closest_marker("e2e") else item.path.relative_to(Path(__file__).parent).as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """How `pytest -n 2` (the README's command) shares the tests out: one worker runs all of a file's
+    tests, so module fixtures are built once, and one worker runs everything under e2e/, so the session's
+    `dagster dev` demo (filled_demo, ~2.5 min, used by two files) is set up once, not once per worker.
+    A scheduler hook, not xdist_group marks: `--dist loadgroup` ignored the marks under pytest 9.2 with
+    pytest-xdist 3.8 (tests of one group ran on both workers)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrE2e(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "e2e" if nodeid.startswith("inat_assets_tests/e2e/") else super()._split_scope(nodeid)
+
+    return FileOrE2e(config, log)
 
 
 # The test datasets keep the seed's default when a test gives no kingdom.
