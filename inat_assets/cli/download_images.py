@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TextIO
 
 import pyarrow.parquet as pq
@@ -40,20 +39,22 @@ from inat_assets.download import (
     run_download,
 )
 from inat_assets.download.manifest import os_error_cause
-from inat_assets.errors import InatAssetsError, InputError
+from inat_assets.errors import InatAssetsError, InputError, StorageError
 from inat_assets.photos import PHOTO_SIZES, with_size
+from inat_assets.storage import StorePath, store_path
+from inat_assets.store import Location
 
 # (photo id column, URL column) per known input layout, most specific first.
 LAYOUTS = (("photo_id", "url"), ("foo", "identifier"))
 
 
 
-def open_fetch_list(path: Path) -> tuple[pq.ParquetFile, str, str, str | None]:
-    """The Parquet file and its (id column, URL column, format column or None)."""
+def open_fetch_list(path: StorePath) -> tuple[pq.ParquetFile, str, str, str | None]:
+    """The Parquet file (local, or on a store: read in ranges) and its (id column, URL column, format column or None)."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path.path, filesystem=path.fs) if isinstance(path, Location) else pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for "not Parquet"
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
     names = set(parquet.schema_arrow.names)
@@ -162,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="download-images", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[4:]))
-    parser.add_argument("--parquet", required=True, type=Path, help="fetch list (photo_id, url) or (foo, identifier)")
-    parser.add_argument("--output", required=True, type=Path, help="folder for batch folders and manifest.parquet")
+    parser.add_argument("--parquet", required=True,
+                        help="fetch list (photo_id, url) or (foo, identifier): a path or a store URL (s3://...)")
+    parser.add_argument("--output", required=True, help="folder for batch folders and manifest.parquet")
     parser.add_argument("--size", choices=PHOTO_SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
     parser.add_argument("--processes", type=int, default=1,
@@ -190,8 +192,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        parquet, id_col, url_col, fmt_col = open_fetch_list(args.parquet)
-    except InputError as exc:
+        # Both through the one parse of paths and store URLs (inat_assets.storage): never a local "s3:" folder.
+        fetch_list = store_path(args.parquet, what="--parquet")
+        output = store_path(args.output, what="--output")
+        if isinstance(output, Location):
+            raise StorageError(
+                f"--output={args.output}: download-images writes to a local folder. To download onto an object "
+                "store, run the image_batches asset with INAT_DATA_DIR on that store."
+            )
+        parquet, id_col, url_col, fmt_col = open_fetch_list(fetch_list)
+    except (InputError, StorageError) as exc:
         print(f"download-images: {exc}", file=sys.stderr)
         return 2
 
@@ -202,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         read_timeout=args.timeout, connect_timeout=max(args.timeout / 3, 1.0), request_deadline=args.timeout * 4,
         contact=args.contact, try_other_host=not args.no_other_host,
     )
-    output: Path = args.output
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     manifest = output / "manifest.parquet"
     try:
-        span = span_for_folder(output, args.parquet, id_col, args.batch_span, record=parquet.metadata.num_rows > 0)
+        span = span_for_folder(output, fetch_list, id_col, args.batch_span, record=parquet.metadata.num_rows > 0)
     except InatAssetsError as exc:  # a span other than the recorded one, an unreadable batches.json
         print(f"download-images: {exc}", file=sys.stderr)
         return 2

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from inat_assets.errors import TrainingDatasetError
+from inat_assets.errors import StorageError, TrainingDatasetError
 from inat_assets.instance import data_store_from_env
 from inat_assets.storage import DataStore
 from inat_assets.training import summary_text
@@ -30,14 +29,17 @@ def declared_datasets() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inat-assets report", description=__doc__)
     parser.add_argument("dataset", help="dataset name (as declared, e.g. plants)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $INAT_DATA_DIR, else ./data)")
+    parser.add_argument("--data-dir", default=None, help="data folder or store URL (default: $INAT_DATA_DIR, else ./data)")
     args = parser.parse_args(argv)
     names = declared_datasets()
     if args.dataset not in names:
         parser.error(f"no dataset named {args.dataset!r}; the declared datasets are: {', '.join(names) or 'none'}")
-    store = DataStore.from_setting(str(args.data_dir)) if args.data_dir else data_store_from_env()
     try:
+        store = DataStore.from_setting(args.data_dir) if args.data_dir else data_store_from_env()
         print(summary_text(store.training_dir(args.dataset)))
+    except StorageError as exc:
+        print(f"inat-assets report: {exc}", file=sys.stderr)
+        return 2
     except TrainingDatasetError as exc:
         print(f"inat-assets report: {exc} (its asset is {args.dataset}/training_dataset)", file=sys.stderr)
         return 1
