@@ -146,8 +146,7 @@ class _Feeder(threading.Thread):
                 folder = dest(task.photo_id) if callable(dest) else dest
                 if folder not in cleaned:
                     cleaned.add(folder)
-                    if folder.is_dir():
-                        clean_folder(folder)
+                    clean_folder(self.job.writer, self.job.writer.folder(folder))
                 chunk.append((task.photo_id, task.url))
                 if len(chunk) >= _CHUNK:
                     if not self.put(chunk):
