@@ -238,6 +238,13 @@ def store_path(text: str, scratch: Path | None = None, *, what: str = "path") ->
     return Location(open_filesystem(setting), path, (scratch or _default_scratch(setting)) / "staging")
 
 
+def arrow_source(path: StorePath) -> tuple[str, object]:
+    """(path, filesystem) for pyarrow's readers (``pq.read_table(p, filesystem=fs)``): fsspec's on a store."""
+    if isinstance(path, Location):
+        return path.path, path.fs
+    return str(path), None
+
+
 def register(con: duckdb.DuckDBPyConnection, *paths: StorePath) -> duckdb.DuckDBPyConnection:
     """Let ``con`` read (and write) the stores of ``paths`` through fsspec; local paths need nothing.
 
