@@ -15,7 +15,14 @@ from inat_assets.storage import DataStore
 from inat_assets.testing.mirror import MirrorServer, serve_mirror, served_bytes
 from inat_assets.testing.s3 import S3Server
 from inat_assets.testing.sample import SampleArchiveInfo
-from inat_assets_tests.conftest import TABLE_ASSETS, TABLE_CHECKS, dataset, dataset_assets, metadata, settings_for
+from inat_assets_tests.conftest import (
+    TABLE_ASSETS,
+    TABLE_CHECKS,
+    dataset,
+    dataset_assets,
+    metadata,
+    settings_for,
+)
 
 PLANTS = dataset_assets(dataset("plants"))
 SPAN = 2_000
