@@ -44,6 +44,7 @@ from inat_assets.store import Location
 from inat_assets.training.attribution import write_attribution
 from inat_assets.training.card import write_card
 from inat_assets.training.dimensions import fill_missing_dimensions
+from inat_assets.training.exports import check_photos_exist
 from inat_assets.training.exports.coco import write_coco
 from inat_assets.training.exports.imagefolder import write_imagefolder
 from inat_assets.training.exports.webdataset import write_shards
@@ -103,7 +104,9 @@ class TrainingDatasetResult:
         return (self.drops.not_downloaded + self.drops.download_failed) / self.fetch_rows
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), default=str, indent=2)
+        # Not dataclasses.asdict(self): it would turn a Location (a dataclass too) into a dict of its fields.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(fields, default=_plain, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> TrainingDatasetResult:
@@ -118,19 +121,21 @@ class TrainingDatasetResult:
         return cls(**raw)
 
 
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, Location | type):
+        return dataclasses.asdict(value)  # DropCounts, BatchStats
+    return str(value)  # Path, Location
+
+
 def _recorded(text: str) -> StorePath:
     """A path summary.json recorded: a local path as written, a store URL as a `Location`."""
     return store_path(text) if "://" in text else Path(text)
 
 
 def _write_index(
-    con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch_list: StorePath, observations: StorePath,
-    index: StorePath, local_index: Path,
+    con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch_list: StorePath, observations: StorePath, index: Path
 ) -> None:
-    """COPY the kept photos with their wide columns, sorted by (split, photo_id) for per-split reads.
-
-    On a store the COPY goes to ``local_index`` (kept for the exports), uploaded whole to ``index``.
-    """
+    """COPY the kept photos with their wide columns, sorted by (split, photo_id) for per-split reads."""
     fetch = f"read_parquet({sql_string(fetch_list)})"
     obs = f"read_parquet({sql_string(observations)})"
     present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {obs}").fetchall()}
@@ -149,7 +154,7 @@ def _write_index(
         FROM (SELECT DISTINCT label FROM training_split)"""
     )
     con.execute("SET preserve_insertion_order = true")
-    with _index_target(index, local_index) as tmp:
+    with atomic_path(index) as tmp:
         con.execute(
             f"""
             COPY (
@@ -173,16 +178,6 @@ def _write_index(
                                     KV_METADATA {{{FINGERPRINT_KEY}: {sql_string(options.split_fingerprint())}}})
             """
         )
-
-
-@contextmanager
-def _index_target(index: StorePath, local_index: Path) -> Iterator[Path]:
-    if isinstance(index, Location):
-        yield local_index
-        index.upload(local_index)
-        return
-    with atomic_path(index) as tmp:
-        yield tmp
 
 
 @contextmanager
@@ -255,7 +250,12 @@ def _build(
     clock.lap("splits")
     # Manifests without width/height (written before they carried them): read the kept photos' headers.
     header_reads = fill_missing_dimensions(con, "training_usable", "SELECT photo_id FROM training_split", work / ".dimensions.parquet")
-    _write_index(con, options, fetch_list, observations, index, local_index)
+    _write_index(con, options, fetch_list, observations, local_index)
+    if isinstance(index, Location):
+        # Before anything is published: a photo gone from the store fails the build here, leaving
+        # the previous build's objects as they were (there is no folder swap on a store).
+        check_photos_exist(con, local_index)
+        index.upload(local_index)
     clock.lap("index")
     source = f"read_parquet({sql_string(local_index)})"
     has_mini = options.mini_per_class is not None

@@ -23,12 +23,14 @@ from contextlib import contextmanager
 from glob import has_magic
 from pathlib import Path
 
+import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
+from inat_assets.dwca.convert import sql_string
 from inat_assets.errors import StorageError, TrainingDatasetError
-from inat_assets.storage import StorePath, list_dir
+from inat_assets.storage import StorePath, list_dir, store_path
 from inat_assets.store import Location, open_filesystem, split_url
 from inat_assets.training.options import ResizeOptions
 
@@ -173,6 +175,29 @@ def read_photos(rows: Iterable[dict]) -> Iterator[tuple[dict, bytes]]:
             ahead = fetching
         if ahead is not None:
             yield from zip(ahead[0], ahead[1].result(), strict=True)
+
+
+def check_photos_exist(con: duckdb.DuckDBPyConnection, index: Path) -> None:
+    """Raise `missing_photo` for the first photo of ``index`` that is not on its store.
+
+    One listing per photo folder (``photos/<size>/<batch>/``, up to 1,000 names a request), not a
+    request per photo: the index's store paths are streamed in path order, so one folder's names are
+    in memory at a time. Local paths are skipped (their exports fail on the missing file, inside a
+    folder that is only swapped in on success).
+    """
+    rows = con.execute(
+        f"""SELECT photo_id, batch, path FROM read_parquet({sql_string(index)})
+        WHERE contains(path, '://') ORDER BY path"""
+    )
+    folder, names = "", set()
+    while chunk := rows.fetchmany(READ_BATCH_ROWS):
+        for photo_id, batch, path in chunk:
+            parent, _, name = path.rpartition("/")
+            if parent != folder:
+                folder, names = parent, {e.name for e in list_dir(store_path(parent))}
+            if name not in names:
+                row = {"photo_id": photo_id, "batch": batch, "path": path}
+                raise missing_photo(row, FileNotFoundError(errno.ENOENT, "no such object on the store"))
 
 
 def exported_bytes(row: dict, data: bytes, resize: ResizeOptions | None) -> tuple[bytes, str]:
