@@ -94,9 +94,12 @@ def test_batches_download_onto_the_store_and_a_rerun_fetches_and_rewrites_no_pho
     assert _objects(s3_bucket, f"inat/photos/original/{key}/") == stored  # same ETags and LastModified
     photo_writes = [w for w in _writes(requests) if "/photos/" in w]
     assert photo_writes == []
-    listings = [p for m, p in requests if m == "GET" and "list-type=2" in p and f"photos%2Foriginal%2F{key}" in p]
+    listings = [p for m, p in requests if m == "GET" and "list-type=2" in p and f"prefix=inat/photos/original/{key}/" in p]
     assert len(listings) == 1  # that batch's prefix, once; never the whole bucket
     assert not [p for m, p in requests if m == "GET" and "list-type=2" in p and "prefix=&" in p + "&"]
+    # Each stored photo costs one HEAD (size and pixel size from its metadata); none is downloaded.
+    photo_requests = [(m, p.split("?")[0]) for m, p in requests if f"/photos/original/{key}/" in p.split("?")[0]]
+    assert sorted(photo_requests) == sorted(("HEAD", f"{s3_bucket}/{k}") for k in stored)
     # What the rerun did write: the manifest (and the leases that guard it), nothing else.
     written = {w.split("?")[0] for w in _writes(requests)}
     assert {w for w in written if "manifests" in w and "lock" not in w} == {
