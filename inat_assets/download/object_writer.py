@@ -8,7 +8,11 @@ store; `photo_writer(dest)` picks it or `LocalWriter` by the kind of destination
   crash. Each PUT is a network round trip, so they run concurrently: every engine worker has its
   own PUT in flight (``DownloadConfig.concurrency``, 64 by default), on fsspec's I/O loop, with at most
   ``max_in_flight`` at once; the connection pool is sized to match (store.location.open_filesystem).
-  Photo bench (bench/object_store.py, moto on 127.0.0.1): see ``PUT_CONCURRENCY_NOTE``.
+  bench/object_store.py, 400 PUTs of 40 KB to moto on 127.0.0.1 (medians of 3): 61 photos/s with one
+  in flight, 102 with 64, where the moto process (3.5 ms of CPU per PUT on the same 2 cores) is the
+  limit; against S3's 20-50 ms per PUT, one in flight would cap a run at 20-50 photos/s. The client
+  side costs 2.6 ms of CPU per PUT (botocore's request pipeline; its CRC32 checksum is 0.2 ms of it
+  and stays on), about 3x what fetching the photo costs: `DownloadConfig.processes` spreads both.
 - The photo's pixel size goes into the object's user metadata (``x-amz-meta-width``/``-height``), so
   a rerun recognises a stored photo with one HEAD and no download.
 - Skip-if-present: ``list_ids`` lists that batch's prefix only (one paginated LIST per 1,000
