@@ -115,19 +115,14 @@ class ObjectWriter(PhotoWriter):
     async def write(self, folder: str, photo_id: int, ext: str, body: bytes) -> str:
         name = photo_name(photo_id, ext)
         key = f"{self._key(folder)}/{name}"
-        # The engine validated the image already; its header gives the pixel size for the metadata
-        # (a header parse, microseconds, against a network round trip for the PUT).
-        info = check_image(bytes(body[:_HEAD_RANGE])) if ext else None
-        metadata = {}
-        if isinstance(info, ImageInfo):
-            metadata = {"width": str(info.width), "height": str(info.height)}
-        else:
-            full = check_image(bytes(body))
-            if isinstance(full, ImageInfo):
-                metadata = {"width": str(full.width), "height": str(full.height)}
+        # The engine validated the image already; parsing its header again gives the pixel size for the
+        # metadata (a few small reads of the body in memory, against a network round trip for the PUT).
+        data = body if isinstance(body, bytes) else bytes(body)
+        info = check_image(data)
+        metadata = {"width": str(info.width), "height": str(info.height)} if isinstance(info, ImageInfo) else {}
         bucket, _, object_key = key.partition("/")
         put = self.fs._call_s3(  # type: ignore[attr-defined]
-            "put_object", Bucket=bucket, Key=object_key, Body=bytes(body),
+            "put_object", Bucket=bucket, Key=object_key, Body=data,
             ContentType=_CONTENT_TYPES.get(ext, "application/octet-stream"), Metadata=metadata,
         )  # fmt: skip
         await self._call(put, folder)
@@ -135,6 +130,7 @@ class ObjectWriter(PhotoWriter):
 
     async def aclose(self) -> None:
         self._sizes.clear()
+        self._slots = None  # bound to this run's event loop
 
     # --- helpers -----------------------------------------------------------------------------
     @property
