@@ -170,7 +170,7 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         description="Comma-separated hosts that may be fetched; empty = the two iNaturalist photo hosts (INAT_ALLOWED_HOSTS).",
     )
     download_concurrency: int = Field(
-        default=64, ge=1, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
+        default=DownloadConfig.concurrency, ge=1, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
     )
     photo_mirror: str = Field(
         default="",
@@ -180,7 +180,7 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         ),
     )
 
-    def download_config(self, *, retries: int, try_other_host: bool, processes: int) -> DownloadConfig:
+    def download_config(self, *, retries: int, try_other_host: bool, processes: int | None = None) -> DownloadConfig:
         hosts = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
         if self.photo_mirror:
             # host:port when the mirror names a port: a bare host would allow only ports 80 and 443.

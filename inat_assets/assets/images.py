@@ -48,13 +48,13 @@ class ImageBatchConfig(Config):
     retries: int = Field(default=5, ge=0, le=20, description="Engine retries per photo for transient failures.")
     try_other_host: bool = Field(default=True, description="On 403/404 try the other iNaturalist photo host once.")
     progress_seconds: float = Field(default=15.0, gt=0, description="Seconds between progress lines in the run log.")
-    processes: int = Field(
-        default=1,
+    processes: int | None = Field(
+        default=None,
         ge=1,
         le=64,
         description=(
-            "Worker processes for this batch's downloads. 2 was 1.5x faster on 2 cores at 50 ms latency "
-            "(bench/download.py); each process gets 1/N of the per-host budgets."
+            "Worker processes for this batch's downloads; empty: one per core available to the run "
+            "(affinity, cgroup quota), at most 4 (bench/download.py). Each gets 1/N of the per-host budgets."
         ),
     )
 

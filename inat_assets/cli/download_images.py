@@ -40,6 +40,7 @@ from inat_assets.download import (
     parse_photo_id,
     run_download,
 )
+from inat_assets.download.config import MAX_AUTO_PROCESSES, SMALL_RUN
 from inat_assets.download.manifest import os_error_cause
 from inat_assets.download.object_writer import photo_writer
 from inat_assets.errors import InatAssetsError, InputError, StorageError
@@ -171,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True,
                         help="folder (or store URL, s3://bucket/prefix) for batch folders and manifest.parquet")
     parser.add_argument("--size", choices=PHOTO_SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="worker processes (default 1); more spread HTTP parsing and file writes over cores")
+    parser.add_argument("--concurrency", type=int, default=DownloadConfig.concurrency,
+                        help=f"requests in flight (default {DownloadConfig.concurrency})")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="worker processes (default: one per available core, at most "
+                             f"{MAX_AUTO_PROCESSES}; 1 for fewer than {SMALL_RUN:,} photos)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                         help="also allow this host (repeatable); base list: INAT_ALLOWED_HOSTS or the two iNat hosts")
     parser.add_argument("--retries", type=int, default=5, help="retries after a transient failure (default 5)")
@@ -190,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.concurrency, args.processes) < 1 or args.batch_span < 0 or args.retries < 0 or args.timeout <= 0:
+    if min(args.concurrency, args.processes or 1) < 1 or args.batch_span < 0 or args.retries < 0 or args.timeout <= 0:
         print("download-images: --concurrency, --processes and --timeout must be positive, --batch-span >= 0, "
               "--retries >= 0",
               file=sys.stderr)

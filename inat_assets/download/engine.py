@@ -5,6 +5,10 @@ interval, total). ``inat_assets.download.runner.run(job, on_progress)`` takes th
 it to a runner with that same signature: ``run_in_process`` here (one event loop) or
 ``inat_assets.download.processes.run_in_processes`` (worker processes, each running this module's
 loop). This module imports neither of the others.
+
+Per photo: the folder listing says whether it may be on file (``PhotoWriter.list_ids``, once per
+folder); if so ``PhotoWriter.check`` validates it; otherwise ``Fetcher.fetch`` gets it (the body
+hashed as it arrives) and ``PhotoWriter.write`` stores it, and one manifest row records it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -199,8 +204,8 @@ _VARIABLE_PART = re.compile(r"\s*\([^)]*\d[^)]*\)")
 class _Run:
     config: DownloadConfig
     dest: DestDir
-    previous: PreviousManifest
-    writer: ManifestWriter
+    previous: PreviousLookup
+    writer: RowSink
     total: int | None
     counts: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -232,8 +237,11 @@ class _Run:
                 known.set_result((folder, await self.photos.list_ids(folder)))
             except BaseException as exc:
                 del self._folders[path]
-                known.set_exception(exc)
-                known.exception()  # retrieved: the waiters, if any, get it raised
+                if isinstance(exc, asyncio.CancelledError):
+                    known.cancel()
+                else:
+                    known.set_exception(exc)
+                    known.exception()  # retrieved: the waiters, if any, get it raised
                 raise
             if len(self._folders) > _LISTED_FOLDERS:
                 # Bounded memory for runs over many folders. Forgetting is safe: a folder seen
@@ -345,9 +353,23 @@ def _emit(run: _Run, on_progress: Callable[[Progress], None]) -> None:
         log.exception("on_progress failed")
 
 
-async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool) -> tuple[_Run, float]:
-    previous = PreviousManifest.load(job.previous_manifest)
-    with ManifestWriter(job.manifest_path) as writer:
+class RowSink(Protocol):
+    """Where settled rows go: a ManifestWriter, or a worker process's pipe to its parent."""
+
+    def add(self, row: ManifestRow) -> None: ...
+
+
+class PreviousLookup(Protocol):
+    """``(bytes, sha256)`` a previous run recorded for a photo, or None (see PreviousManifest)."""
+
+    def lookup(self, photo_id: int) -> tuple[int, str | None] | None: ...
+
+
+async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool,
+                    rows: RowSink | None, previous: PreviousLookup | None) -> tuple[_Run, float]:
+    if previous is None:
+        previous = PreviousManifest.load(job.previous_manifest)
+    with contextlib.nullcontext(rows) if rows is not None else ManifestWriter(job.manifest_path) as writer:
         run = _Run(job.config, job.dest_dir, previous, writer, job.expected_total(), photos=job.writer,
                    clean_parts=clean_parts)
         fetcher = Fetcher(job.config, note=run.set_note)
@@ -373,13 +395,15 @@ async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clea
 
 
 def run_loop(job: DownloadJob, on_progress: ProgressCallback | None = None, *, clean_parts: bool = True,
-             top_errors: int = 10, screen: InputScreen | None = None) -> DownloadSummary:
+             top_errors: int = 10, screen: InputScreen | None = None, rows: RowSink | None = None,
+             previous: PreviousLookup | None = None) -> DownloadSummary:
     """Run ``job`` on one event loop, as is: no lock, no input screen (callers see to both).
 
     Blocks until done; safe to call from a thread that runs an event loop (it then runs in a thread
-    of its own). Worker processes call this with ``clean_parts=False`` (their parent cleans).
+    of its own). Worker processes call this with ``clean_parts=False`` (their parent cleans), and
+    with ``rows`` and ``previous`` from their parent instead of the job's manifest files.
     """
-    coro = _download(job, on_progress, clean_parts)
+    coro = _download(job, on_progress, clean_parts, rows, previous)
     try:
         asyncio.get_running_loop()
         in_event_loop = True

@@ -38,11 +38,20 @@ _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the conne
 _SNIFF_BYTES = 16
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # The run's BodyBudget: 3 MB per request in flight (a large original is about 2 MB), at most
-# 192 MB, never less than one body of max_bytes. With 64 requests that is 192 MB, which with the
+# 192 MB, never less than one body of max_bytes. From 64 requests up that is 192 MB, which with the
 # interpreter and libraries (about 130 MB) and socket buffers (network.py) keeps a run under
-# 500 MB whatever the servers send. Each worker process gets its share (its concurrency is 1/N).
+# 500 MB whatever the servers send. Each worker process gets 1/N of it (DownloadConfig.body_budget),
+# but at least one body of max_bytes.
 _BUDGET_PER_REQUEST = 3 * MB
 _BUDGET_MAX = 192 * MB
+
+
+def body_budget(config: DownloadConfig) -> int:
+    """Bytes of response bodies one event loop may hold (see BodyBudget): ``config.body_budget``
+    (a worker process's share), else the rule above."""
+    if config.body_budget is not None:
+        return config.body_budget
+    return max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST))
 
 
 @dataclass(slots=True)
@@ -154,7 +163,7 @@ class Fetcher:
         self.allowed = HostAllowlist(config.allowed_hosts)
         self.note = note
         self.gates = HostGates()  # this run's per-host pacing, budgets and pauses
-        self.budget = BodyBudget(max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST)))
+        self.budget = BodyBudget(body_budget(config))
         self.headers = [
             ("User-Agent", config.user_agent),
             ("Accept", "image/*,*/*;q=0.5"),
@@ -368,8 +377,8 @@ class Fetcher:
         too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
         received = 0
-        # Hashed as the bytes arrive (while they are still in the CPU's cache), so writing the
-        # photo is the only pass over it afterwards and a writer never needs the whole body twice.
+        # Hashed as the bytes arrive: writing the photo is then the only pass over it afterwards,
+        # and a writer never needs the body for its digest (an object-store PUT can stream it).
         digest = hashlib.sha256()
         # aiter_raw hands over the bytes as sent (httpx's own decoders inflate without a cap).
         async for raw in response.aiter_raw():
