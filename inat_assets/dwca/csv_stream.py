@@ -236,3 +236,96 @@ class CsvStreamNormalizer:
             )
         )
         self._cut_line_start, self._cut_bytes, self._line_len = None, 0, 0
+
+
+# Record-safe chunks ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CsvChunk:
+    """Whole records of the normalized stream: ``data`` starts a line and ends after a line's ``\\n``.
+
+    ``offset`` is where ``data`` starts in the normalized stream and ``first_line`` the number of
+    its first line in the member (1 = the header), counting ``\\n`` as an editor does (a quoted
+    field's ``\\n`` starts a new line too), so a reject's line number is found by counting the
+    ``\\n`` before it in ``data``.
+    """
+
+    index: int
+    data: bytes
+    offset: int
+    first_line: int
+
+
+class RecordChunker:
+    """Cut the normalized stream into chunks of about ``target_bytes``, each ending a record.
+
+    The exporter quotes every field that holds a ``\\n``, so a ``\\n`` ends a record exactly when an
+    even number of ``"`` precede it since the last cut (doubled quotes count twice). The count is
+    ``bytes.count`` (C, several GB/s) from the cut, so no state crosses chunks but the parity at
+    the cut, which is even by construction.
+
+    A malformed line with an odd number of quotes would flip that parity until the next odd one
+    (DuckDB, reading one stream, loses the same records then); here it would make every ``\\n``
+    look quoted. A quoted record is never longer than ``max_record_bytes`` (DuckDB rejects longer
+    ones), so when no ``\\n`` has an even count within that many bytes past the target, the chunk
+    is cut at the first ``\\n`` past the target anyway (the parity restarts there) and the cut is
+    recorded in :attr:`resyncs`; the records around it may then be rejected, never lost silently.
+
+    The header line (the first record) is not part of any chunk.
+    """
+
+    def __init__(self, target_bytes: int, max_record_bytes: int) -> None:
+        self.target_bytes = max(1, target_bytes)
+        self.max_record_bytes = max_record_bytes
+        self.resyncs: list[int] = []  # stream offsets of cuts made without a trustworthy quote state
+        self.header_bytes = 0
+        self.bytes_in = 0
+
+    def split(self, pieces: Iterable[bytes]) -> Iterator[CsvChunk]:
+        buf = bytearray()
+        offset, line, index = 0, 1, 0
+        header = True
+        for piece in pieces:
+            buf += piece
+            self.bytes_in += len(piece)
+            while True:
+                cut = self._cut(buf, 0 if header else self.target_bytes, offset)
+                if cut is None:
+                    break
+                data = bytes(memoryview(buf)[:cut])  # one copy (buf[:cut] would make two)
+                del buf[:cut]
+                if header:
+                    header = False
+                    self.header_bytes = cut
+                else:
+                    yield CsvChunk(index, data, offset, line)
+                    index += 1
+                offset += cut
+                line += data.count(b"\n")
+        if buf and not header:
+            yield CsvChunk(index, bytes(buf), offset, line)
+
+    def _cut(self, buf: bytearray, target: int, offset: int) -> int | None:
+        """Index just past the first record-ending ``\\n`` at or after ``target``; None: need more data."""
+        if len(buf) <= target:
+            return None
+        quotes = buf.count(b'"', 0, target)
+        pos = target
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if len(buf) - target > self.max_record_bytes + (1 << 20):
+                    return self._resync(buf, target, offset)
+                return None
+            quotes += buf.count(b'"', pos, nl)
+            if not quotes & 1:
+                return nl + 1
+            pos = nl + 1
+            if pos - target > self.max_record_bytes:
+                return self._resync(buf, target, offset)
+
+    def _resync(self, buf: bytearray, target: int, offset: int) -> int | None:
+        nl = buf.find(b"\n", target)
+        if nl < 0:
+            return None
+        self.resyncs.append(offset + nl + 1)
+        return nl + 1
