@@ -98,6 +98,7 @@ def measure(variant: str, archive: Path, workdir: Path) -> tuple[float, float, d
     shutil.rmtree(out, ignore_errors=True)
     if status != 0:
         raise SystemExit(f"{variant} failed (status {status})")
+    detail["cpu_s"] = usage.ru_utime + usage.ru_stime
     return seconds, usage.ru_maxrss / 1024, detail  # ru_maxrss is in KiB on Linux
 
 
@@ -124,19 +125,22 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     archive = build_archive(args.workdir, args.observations, args.media_per_observation, args.malformed)
     variants = args.variants.split(",")
-    results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for round_no in range(1, args.rounds + 1):
         for variant in variants:  # interleaved, so drift in machine load hits every variant alike
             seconds, rss_mb, detail = measure(variant, archive, args.workdir)
-            results[variant].append((seconds, rss_mb))
+            results[variant].append((seconds, rss_mb, detail["cpu_s"]))
             print(f"round {round_no} {variant:13s} {seconds:7.1f} s  peak RSS {rss_mb:6.0f} MB  {detail}", flush=True)
 
-    print(f"\n{'variant':14s} {'median s':>9s} {'peak RSS MB':>12s} {'x original':>11s}")
-    base = statistics.median(s for s, _ in results["original"]) if "original" in results else None
+    print(f"\n{'variant':14s} {'median s':>9s} {'cpu s':>7s} {'peak RSS MB':>12s} {'x original':>11s} {'cpu x':>6s}")
+    base = statistics.median(s for s, _, _ in results["original"]) if "original" in results else None
+    base_cpu = statistics.median(c for _, _, c in results["original"]) if "original" in results else None
     for variant, runs in results.items():
-        median = statistics.median(s for s, _ in runs)
+        median = statistics.median(s for s, _, _ in runs)
+        cpu = statistics.median(c for _, _, c in runs)
         ratio = f"{median / base:.2f}" if base else "-"
-        print(f"{variant:14s} {median:9.1f} {max(r for _, r in runs):12.0f} {ratio:>11s}")
+        cpu_ratio = f"{cpu / base_cpu:.2f}" if base_cpu else "-"
+        print(f"{variant:14s} {median:9.1f} {cpu:7.1f} {max(r for _, r, _ in runs):12.0f} {ratio:>11s} {cpu_ratio:>6s}")
 
 
 if __name__ == "__main__":

@@ -186,7 +186,8 @@ def _convert_in(
     log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}, {pipeline.workers} worker(s)")
     # A plain table, not a TEMP one: every worker's cursor is its own connection and appends to it.
     con.execute(
-        f"CREATE TABLE {reject_table} (line BIGINT, byte_offset BIGINT, error_message VARCHAR, csv_line VARCHAR)"
+        f"CREATE TABLE {reject_table} (chunk BIGINT, line BIGINT, byte_offset BIGINT, error_message VARCHAR, "
+        "csv_line VARCHAR)"
     )
     try:
         progress = _ProgressLogger(member, pipeline, log)
@@ -333,6 +334,7 @@ class _ChunkPipeline:
         self._archive_error: BaseException | None = None
         self._worker_error: BaseException | None = None
         self._writer: pq.ParquetWriter | None = None
+        self._newlines: dict[int, int] = {}  # chunk index -> its \n count, for the member's line numbers
         self.rows = 0
 
     @property
@@ -363,12 +365,29 @@ class _ChunkPipeline:
             raise self._archive_error
         if self._worker_error is not None:
             raise self._worker_error
+        self._number_reject_lines()
         return self.rows
+
+    def _number_reject_lines(self) -> None:
+        """Rejects carry (chunk, lines of the chunk before theirs); make that the member's line number."""
+        first, starts = 1 + self.chunker.header_newlines, []
+        for index in range(len(self._newlines)):
+            starts.append((index, first))
+            first += self._newlines[index]
+        if not starts:
+            return
+        self.con.register("chunk_first_lines", pa.table({"chunk": [c for c, _ in starts], "first": [f for _, f in starts]}))
+        try:
+            self.con.execute(
+                f"UPDATE {self.reject_table} SET line = line + c.first FROM chunk_first_lines c "
+                f"WHERE {self.reject_table}.chunk = c.chunk"
+            )
+        finally:
+            self.con.unregister("chunk_first_lines")
 
     def _produce(self) -> None:
         try:
-            pieces = self.normalizer.feed(iter_member_bytes(self.archive, self.member.name))
-            for chunk in self.chunker.split(pieces):
+            for chunk in self.chunker.split(self.normalizer, iter_member_bytes(self.archive, self.member.name)):
                 if not self._put(chunk):
                     return
         except BaseException as exc:  # raised by run() on the caller's thread
@@ -410,6 +429,7 @@ class _ChunkPipeline:
                     self.rows += table.num_rows
                 del table
                 self._keep_rejects(cursor, chunk, scan_rejects)
+                self._newlines[chunk.index] = chunk.newlines()  # off the producer's thread: it is the serial stage
         except BaseException as exc:
             if self._worker_error is None:
                 self._worker_error = exc
@@ -423,13 +443,14 @@ class _ChunkPipeline:
     def _convert(self, cursor: duckdb.DuckDBPyConnection, chunk: CsvChunk, scan_rejects: str) -> pa.Table:
         source = self.run_dir / f"chunk-{chunk.index:06d}.csv"
         if self.mode == "extract":
-            source.write_bytes(chunk.data)
+            with open(source, "wb") as fh:
+                fh.writelines(chunk.views())
             try:
                 return cursor.sql(_read_csv_sql(self.member, source, scan_rejects)).to_arrow_table()
             finally:
                 source.unlink(missing_ok=True)
         os.mkfifo(source)
-        feeder = _PipeFeeder(source, chunk.data)
+        feeder = _PipeFeeder(source, chunk.views())
         feeder.start()
         try:
             table = cursor.sql(_read_csv_sql(self.member, source, scan_rejects)).to_arrow_table()
@@ -452,20 +473,16 @@ class _ChunkPipeline:
             if not positions:
                 return
             # DuckDB's own `line` counts records from the chunk's start; the member's line number
-            # counts every \n before the line (quoted ones too), from the chunk's first line.
-            lines, seen, before = [], 0, 0
-            for position in positions:
-                start = max(position - 1, 0)  # line_byte_position is the line's start + 1
-                seen += chunk.data.count(b"\n", before, start)
-                before = start
-                lines.append(chunk.first_line + seen)
+            # counts every \n before the line (quoted ones too): here the chunk's, its first line's
+            # number is added once every chunk is counted (_number_reject_lines).
+            lines = chunk.newlines_before([max(p - 1, 0) for p in positions])  # line_byte_position: start + 1
             line_map = pa.table({"position": pa.array(positions, pa.int64()), "line": pa.array(lines, pa.int64())})
             view = f"{scan_rejects}_lines"
             cursor.register(view, line_map)
             try:
                 cursor.execute(
                     f"""INSERT INTO {self.reject_table}
-                    SELECT coalesce(m.line, {chunk.first_line} + r.line - 1), {chunk.offset} + r.line_byte_position,
+                    SELECT {chunk.index}, coalesce(m.line, r.line - 1), {chunk.offset} + r.line_byte_position,
                            r.error_message, r.csv_line
                     FROM {scan_rejects} r LEFT JOIN {view} m ON r.line_byte_position = m.position"""
                 )
@@ -527,7 +544,7 @@ def _write_rejects(
 class _PipeFeeder(threading.Thread):
     """Writes one chunk into a named pipe; DuckDB reads the other end."""
 
-    def __init__(self, fifo: Path, data: bytes) -> None:
+    def __init__(self, fifo: Path, data: list[memoryview]) -> None:
         super().__init__(name=f"feed-{fifo.name}", daemon=True)
         self.fifo, self.data = fifo, data
         self.error: BaseException | None = None
@@ -537,7 +554,7 @@ class _PipeFeeder(threading.Thread):
             # Buffered on purpose: a raw write to a pipe can return early (a signal mid-write) and
             # drop the rest of the chunk; BufferedWriter.write loops until every byte is written.
             with open(self.fifo, "wb", buffering=1 << 20) as pipe:
-                pipe.write(self.data)
+                pipe.writelines(self.data)
         except BrokenPipeError:
             pass  # the reader went away; DuckDB's own error is the one to report
         except BaseException as exc:  # reported by join_and_raise on the caller's thread
