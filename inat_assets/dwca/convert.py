@@ -18,19 +18,17 @@ reason.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from inat_assets.dwca.archive import MemberInfo, iter_member_bytes
 from inat_assets.dwca.csv_stream import CsvChunk, CsvStreamNormalizer, RecordChunker
@@ -53,9 +51,6 @@ MAX_LINE_BYTES = 16 << 20
 _BUFFER_BYTES = 32 << 20
 # Bytes of CSV per DuckDB query (to be measured).
 CHUNK_BYTES = 32 << 20
-# DuckDB's own default row group size; fetch_list and training read these tables with DuckDB.
-ROW_GROUP_ROWS = 122_880
-_ARROW_TYPES = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "VARCHAR": pa.string()}
 _EXTRACT_HEADROOM = 1 << 30
 _PROGRESS_SECONDS = 30.0
 
@@ -98,13 +93,13 @@ def sql_string(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def choose_read_mode(read_mode: str, scratch: Path, workers: int) -> Literal["stream", "extract"]:
+def choose_read_mode(read_mode: str, member_size: int, scratch: Path) -> Literal["stream", "extract"]:
     if read_mode not in ("auto", "stream", "extract"):
         raise ValueError(f"read mode must be auto, stream or extract, not {read_mode!r}")
     if read_mode != "auto":
         return read_mode  # type: ignore[return-value]
-    in_flight = (2 * workers + 1) * (CHUNK_BYTES + MAX_LINE_BYTES)  # queued and in DuckDB, each up to a record longer
-    return "extract" if shutil.disk_usage(scratch).free > in_flight + _EXTRACT_HEADROOM else "stream"
+    free = shutil.disk_usage(scratch).free
+    return "extract" if free > member_size + member_size // 10 + _EXTRACT_HEADROOM else "stream"
 
 
 def convert_member(
@@ -130,7 +125,7 @@ def convert_member(
     scratch.mkdir(parents=True, exist_ok=True)
     with locked(scratch / f"{member.table}.lock", purpose=f"converting {member.name} to {output}"):
         _remove_leftovers(scratch, member.table, (output, rejects_output, _failed_rejects_path(rejects_output)), log)
-        mode = choose_read_mode(read_mode, scratch, _duckdb_threads(con))
+        mode = choose_read_mode(read_mode, member.size, scratch)
         with run_scratch(scratch, purpose=f"converting {member.name}") as run_dir:
             counts = _convert_in(con, archive, member, output, rejects_output, run_dir, mode, max_reject_share, log)
     rows, rejected = counts
@@ -183,12 +178,7 @@ def _convert_in(
     reject_table = f"rejects_{member.table}_{uuid.uuid4().hex[:8]}"
     normalizer = CsvStreamNormalizer(MAX_LINE_BYTES)
     pipeline = _ChunkPipeline(con, archive, member, normalizer, run_dir, mode, reject_table)
-    log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}, {pipeline.workers} worker(s)")
-    # A plain table, not a TEMP one: every worker's cursor is its own connection and appends to it.
-    con.execute(
-        f"CREATE TABLE {reject_table} (chunk BIGINT, line BIGINT, byte_offset BIGINT, error_message VARCHAR, "
-        "csv_line VARCHAR)"
-    )
+    log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}, up to {len(pipeline.sources):,} chunk(s)")
     try:
         progress = _ProgressLogger(member, pipeline, log)
         progress.start()
@@ -224,7 +214,8 @@ def _convert_in(
         finally:
             progress.stop()
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {reject_table}")
+        for table in (reject_table, pipeline.scan_rejects, f"{pipeline.scan_rejects}_scans"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     return rows, rejected
 
 
@@ -272,11 +263,12 @@ def _refuse_bad_share(
     )
 
 
-def _read_csv_sql(member: MemberInfo, source: Path, reject_table: str) -> str:
+def _read_csv_sql(member: MemberInfo, sources: list[Path], reject_table: str) -> str:
     columns = ", ".join(
         f"{sql_string(name)}: {sql_string(kind)}"
         for name, kind in column_types(member.table, member.columns).items()
     )
+    files = "[" + ", ".join(sql_string(source) for source in sources) + "]"
     # Explicit dialect, no sniffing; the stream is normalized first (csv_stream: CR LF, bare CR,
     # over-long lines) and cut into whole records without the header line (header = false).
     # strict_mode stays on: off, DuckDB truncates rows with too many columns.
@@ -284,7 +276,7 @@ def _read_csv_sql(member: MemberInfo, source: Path, reject_table: str) -> str:
     # nullstr stays the empty field, so `NA` (Namibia) is text. buffer_size must stay well above
     # max_line_size: DuckDB drops a line longer than its buffer without a reject.
     return (
-        f"SELECT * FROM read_csv({sql_string(source)}, header = false, auto_detect = false, delim = ',', "
+        f"SELECT * FROM read_csv({files}, header = false, auto_detect = false, delim = ',', "
         f"quote = '\"', escape = '\"', new_line = '\\n', strict_mode = true, encoding = 'utf-8', "
         f"columns = {{{columns}}}, allow_quoted_nulls = false, store_rejects = true, "
         f"rejects_table = {sql_string(reject_table)}, rejects_scan = {sql_string(reject_table + '_scans')}, "
@@ -292,26 +284,22 @@ def _read_csv_sql(member: MemberInfo, source: Path, reject_table: str) -> str:
     )
 
 
-def _arrow_schema(member: MemberInfo) -> pa.Schema:
-    return pa.schema(
-        [(name, _ARROW_TYPES[kind]) for name, kind in column_types(member.table, member.columns).items()]
-    )
-
-
 class _ChunkPipeline:
-    """Inflate -> normalize -> record chunks (one thread) | DuckDB parses chunks (``workers`` threads) | one Parquet file.
+    """One DuckDB COPY over the member cut into whole-record chunks, one file (or pipe) per chunk.
 
-    Why this shape (bench/convert.py, 2-core machine): DuckDB reads a pipe on one thread, and
-    inflating a member is one thread whatever reads it; cutting the stream into whole records
-    lets one DuckDB query per chunk run on every core while the next chunk inflates. Each query
-    returns Arrow and pyarrow writes it into the one output file under a lock: pyarrow encodes
-    the same table in half the CPU of DuckDB's Parquet writer (1.05 vs 2.1 s for 500k
-    observations), which pays for the conversion to Arrow (about 0.7 s).
+    Why (profiles in bench/convert.py, 2-core machine): DuckDB reads one pipe on one thread, so the
+    old stream mode parsed and encoded the whole member on one core. DuckDB reads several files of
+    one ``read_csv`` list at once, one per thread, in list order; so in ``stream`` mode the member
+    is cut into chunks (csv_stream.RecordChunker), each chunk is written into its own named pipe
+    and DuckDB parses and encodes them on every thread while the next chunks inflate. The pipes
+    are all created up front (the member's size says how many chunks there can be; unused ones
+    are closed empty). ``extract`` writes the chunks as files first, then runs the same query.
+    One query keeps DuckDB's own Parquet writer and one output file: the per-chunk queries tried
+    first (Arrow out of DuckDB, written by pyarrow) cost 17 % more CPU.
 
-    ``extract`` hands each chunk to DuckDB as a scratch file, ``stream`` through a named pipe, so
-    neither needs disk beyond the chunks in flight (at most ``2 * workers + 1`` of CHUNK_BYTES).
-    Rejects go to ``reject_table`` with the line's number in the member (lines of the chunk's
-    bytes counted before it) and its offset in the normalized stream.
+    DuckDB numbers a reject by record within its chunk; the member's line number (every ``\n``
+    before the line, header = line 1) needs the chunk's bytes, so when there are rejects the
+    chunks are read again (inflated again in stream mode) up to the last chunk with a reject.
     """
 
     def __init__(
@@ -328,174 +316,177 @@ class _ChunkPipeline:
         self.run_dir, self.mode, self.reject_table = run_dir, mode, reject_table
         self.chunker = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES)
         self.workers = _duckdb_threads(con)
-        self._queue: queue.Queue[CsvChunk | None] = queue.Queue(maxsize=self.workers)
+        self.scan_rejects = f"{reject_table}_scan"
+        # Each chunk but the last has at least CHUNK_BYTES and the normalized stream is never
+        # longer than the member, so this many sources always suffice.
+        planned = max(member.size - member.header_bytes, 0) // CHUNK_BYTES + 1
+        self.sources = [run_dir / f"chunk-{i:06d}.csv" for i in range(planned)]
+        self.offsets: list[int] = []  # extract mode: where each chunk file starts in the stream
+        self.chunks = 0
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        # Chunks held in memory for their pipes: DuckDB reads `workers` at a time, the next ones wait.
+        self._slots = threading.Semaphore(2 * self.workers)
+        self._feeders: list[_PipeFeeder] = []
         self._archive_error: BaseException | None = None
-        self._worker_error: BaseException | None = None
-        self._writer: pq.ParquetWriter | None = None
-        self._newlines: dict[int, int] = {}  # chunk index -> its \n count, for the member's line numbers
-        self.rows = 0
 
     @property
     def bytes_fed(self) -> int:
         return self.chunker.bytes_in
 
     def run(self, output: Path) -> int:
-        """Write every valid row to ``output``; raise the first fault (the archive's first: it explains DuckDB's)."""
-        threads = [threading.Thread(target=self._produce, name=f"chunk-{self.member.name}", daemon=True)]
-        threads += [
-            threading.Thread(target=self._work, name=f"convert-{self.member.name}-{i}", daemon=True)
-            for i in range(self.workers)
-        ]
-        with pq.ParquetWriter(
-            str(output), _arrow_schema(self.member), compression="zstd", compression_level=1
-        ) as writer:
-            self._writer = writer
+        """Write every valid row to ``output``; the rejects end in ``reject_table`` (line, byte_offset, ...)."""
+        if self.mode == "extract":
+            self._extract()
+            rows = self._copy(output)
+        else:
+            for source in self.sources:
+                os.mkfifo(source)
+            producer = threading.Thread(target=self._produce, name=f"chunk-{self.member.name}", daemon=True)
+            producer.start()
             try:
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-            finally:
+                rows = self._copy(output)
+            except BaseException:
                 self._stop.set()
-                for thread in threads:
-                    thread.join()
-        if self._archive_error is not None:
-            raise self._archive_error
-        if self._worker_error is not None:
-            raise self._worker_error
-        self._number_reject_lines()
-        return self.rows
+                self._abandon_feeders()
+                producer.join(timeout=30)
+                self._abandon_feeders()
+                if self._archive_error is not None:  # an archive fault explains DuckDB's error
+                    raise self._archive_error from None
+                raise
+            producer.join()
+            for feeder in self._feeders:
+                feeder.join_and_raise()
+            if self._archive_error is not None:
+                raise self._archive_error
+        self._number_rejects()
+        return rows
 
-    def _number_reject_lines(self) -> None:
-        """Rejects carry (chunk, lines of the chunk before theirs); make that the member's line number."""
-        first, starts = 1 + self.chunker.header_newlines, []
-        for index in range(len(self._newlines)):
-            starts.append((index, first))
-            first += self._newlines[index]
-        if not starts:
-            return
-        self.con.register("chunk_first_lines", pa.table({"chunk": [c for c, _ in starts], "first": [f for _, f in starts]}))
-        try:
-            self.con.execute(
-                f"UPDATE {self.reject_table} SET line = line + c.first FROM chunk_first_lines c "
-                f"WHERE {self.reject_table}.chunk = c.chunk"
-            )
-        finally:
-            self.con.unregister("chunk_first_lines")
+    def _copy(self, output: Path) -> int:
+        # Row order inside these tables carries no meaning; not preserving it lets DuckDB write row
+        # groups from every thread (2.4-3.4x faster measured). ZSTD level 1 instead of DuckDB's default
+        # 3: the Parquet encoding is most of the work, and level 1 cut it by a third (7.2 -> 4.9 s on
+        # 2M observations) for files 1 % larger.
+        self.con.execute("SET preserve_insertion_order = false")
+        result = self.con.execute(
+            f"COPY ({_read_csv_sql(self.member, self.sources, self.scan_rejects)}) TO {sql_string(output)} "
+            "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+        ).fetchall()
+        return int(result[0][0]) if result else 0
+
+    def _chunks(self) -> Iterator[CsvChunk]:
+        return self.chunker.split(self.normalizer, iter_member_bytes(self.archive, self.member.name))
+
+    def _extract(self) -> None:
+        for chunk in self._chunks():
+            with open(self.sources[chunk.index], "wb") as fh:
+                fh.writelines(chunk.views())
+            self.offsets.append(chunk.offset)
+            self.chunks = chunk.index + 1
+        self.sources = self.sources[: max(self.chunks, 1)]
+        if not self.chunks:
+            self.sources[0].touch()  # a member with a header only: one empty file, no rows
 
     def _produce(self) -> None:
         try:
-            for chunk in self.chunker.split(self.normalizer, iter_member_bytes(self.archive, self.member.name)):
-                if not self._put(chunk):
+            for chunk in self._chunks():
+                if chunk.index >= len(self.sources):
+                    raise ConversionError(f"{self.member.name}: more chunks than planned ({len(self.sources)}); a bug")
+                while not self._slots.acquire(timeout=0.2):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    self._slots.release()
                     return
+                self._feed(chunk.index, chunk.views(), self._slots.release)
+                self.chunks = chunk.index + 1
         except BaseException as exc:  # raised by run() on the caller's thread
             self._archive_error = exc
-            self._stop.set()
         finally:
-            for _ in range(self.workers):
-                if not self._put(None):
-                    break
+            if not self._stop.is_set():  # close the pipes no chunk needed (all of them after a fault)
+                for index in range(self.chunks, len(self.sources)):
+                    self._feed(index, [], None)
 
-    def _put(self, item: CsvChunk | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _next(self) -> CsvChunk | None:
-        while not self._stop.is_set():
-            try:
-                return self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-        return None
-
-    def _work(self) -> None:
-        cursor = self.con.cursor()
-        scan_rejects = f"{self.reject_table}_{threading.get_ident()}"
-        try:
-            while (chunk := self._next()) is not None:
-                table = self._convert(cursor, chunk, scan_rejects)
-                if not table.schema.equals(self._writer_schema()):
-                    table = table.cast(self._writer_schema())
-                with self._lock:
-                    if table.num_rows:
-                        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)  # type: ignore[union-attr]
-                    self.rows += table.num_rows
-                del table
-                self._keep_rejects(cursor, chunk, scan_rejects)
-                self._newlines[chunk.index] = chunk.newlines()  # off the producer's thread: it is the serial stage
-        except BaseException as exc:
-            if self._worker_error is None:
-                self._worker_error = exc
-            self._stop.set()
-        finally:
-            cursor.close()
-
-    def _writer_schema(self) -> pa.Schema:
-        return self._writer.schema  # type: ignore[union-attr]
-
-    def _convert(self, cursor: duckdb.DuckDBPyConnection, chunk: CsvChunk, scan_rejects: str) -> pa.Table:
-        source = self.run_dir / f"chunk-{chunk.index:06d}.csv"
-        if self.mode == "extract":
-            with open(source, "wb") as fh:
-                fh.writelines(chunk.views())
-            try:
-                return cursor.sql(_read_csv_sql(self.member, source, scan_rejects)).to_arrow_table()
-            finally:
-                source.unlink(missing_ok=True)
-        os.mkfifo(source)
-        feeder = _PipeFeeder(source, chunk.views())
+    def _feed(self, index: int, data: list[memoryview], done: Callable[[], None] | None) -> None:
+        feeder = _PipeFeeder(self.sources[index], data, done)
+        self._feeders.append(feeder)
         feeder.start()
-        try:
-            table = cursor.sql(_read_csv_sql(self.member, source, scan_rejects)).to_arrow_table()
-            feeder.join_and_raise()
-            return table
-        finally:
-            feeder.abandon()
-            source.unlink(missing_ok=True)
 
-    def _keep_rejects(self, cursor: duckdb.DuckDBPyConnection, chunk: CsvChunk, scan_rejects: str) -> None:
-        """Append this chunk's rejects to the shared table with member line numbers and stream offsets."""
+    def _abandon_feeders(self) -> None:
+        for feeder in list(self._feeders):
+            feeder.abandon()
+
+    def _number_rejects(self) -> None:
+        """The rejects with the member's line number and their offset in the normalized stream."""
+        files = pa.table({"file_path": [str(s) for s in self.sources], "chunk": list(range(len(self.sources)))})
+        self.con.register("chunk_files", files)
         try:
-            positions = [
-                int(p)
-                for (p,) in cursor.execute(
-                    f"SELECT DISTINCT line_byte_position FROM {scan_rejects} "
-                    "WHERE line_byte_position IS NOT NULL ORDER BY 1"
-                ).fetchall()
-            ]
-            if not positions:
-                return
-            # DuckDB's own `line` counts records from the chunk's start; the member's line number
-            # counts every \n before the line (quoted ones too): here the chunk's, its first line's
-            # number is added once every chunk is counted (_number_reject_lines).
-            lines = chunk.newlines_before([max(p - 1, 0) for p in positions])  # line_byte_position: start + 1
-            line_map = pa.table({"position": pa.array(positions, pa.int64()), "line": pa.array(lines, pa.int64())})
-            view = f"{scan_rejects}_lines"
-            cursor.register(view, line_map)
-            try:
-                cursor.execute(
-                    f"""INSERT INTO {self.reject_table}
-                    SELECT {chunk.index}, coalesce(m.line, r.line - 1), {chunk.offset} + r.line_byte_position,
-                           r.error_message, r.csv_line
-                    FROM {scan_rejects} r LEFT JOIN {view} m ON r.line_byte_position = m.position"""
-                )
-            finally:
-                cursor.unregister(view)
+            per_chunk = self.con.execute(
+                f"""SELECT f.chunk, list(DISTINCT r.line_byte_position ORDER BY r.line_byte_position)
+                FROM {self.scan_rejects} r JOIN {self.scan_rejects}_scans s USING (scan_id, file_id)
+                JOIN chunk_files f USING (file_path)
+                WHERE r.line_byte_position IS NOT NULL GROUP BY f.chunk"""
+            ).fetchall()
+            wanted = {int(chunk): [int(p) for p in positions] for chunk, positions in per_chunk}
+            starts, lines = self._lines_of(wanted)
+            self.con.register("chunk_starts", starts)
+            self.con.register("line_map", lines)
+            self.con.execute(
+                f"""CREATE TABLE {self.reject_table} AS
+                SELECT coalesce(c.first_line + m.before, c.first_line + r.line - 1)::BIGINT AS line,
+                       (c.stream_offset + r.line_byte_position)::BIGINT AS byte_offset, r.error_message, r.csv_line
+                FROM {self.scan_rejects} r JOIN {self.scan_rejects}_scans s USING (scan_id, file_id)
+                JOIN chunk_files f USING (file_path)
+                JOIN chunk_starts c ON c.chunk = f.chunk
+                LEFT JOIN line_map m ON m.chunk = f.chunk AND m.position = r.line_byte_position"""
+            )
         finally:
-            cursor.execute(f"DROP TABLE IF EXISTS {scan_rejects}")
-            cursor.execute(f"DROP TABLE IF EXISTS {scan_rejects}_scans")
+            for view in ("chunk_files", "chunk_starts", "line_map"):
+                self.con.unregister(view)
+
+    def _lines_of(self, wanted: dict[int, list[int]]) -> tuple[pa.Table, pa.Table]:
+        """(chunk, first_line, stream_offset) of every chunk up to the last one in ``wanted``, and
+        (chunk, position, before): the ``\n`` in the chunk before each wanted line start + 1."""
+        starts: dict[str, list[int]] = {"chunk": [], "first_line": [], "stream_offset": []}
+        found: dict[str, list[int]] = {"chunk": [], "position": [], "before": []}
+        last = max(wanted, default=-1)
+        rejects_seen = bool(self.con.execute(f"SELECT count(*) FROM {self.scan_rejects}").fetchall()[0][0])
+        if last < 0 and not rejects_seen:
+            return pa.table(starts, schema=_STARTS), pa.table(found, schema=_LINE_MAP)
+        if last < 0:
+            last = len(self.sources) - 1
+        first_line = 1 + self.chunker.header_newlines
+        for chunk in self._chunks_again(last):
+            starts["chunk"].append(chunk.index)
+            starts["first_line"].append(first_line)
+            starts["stream_offset"].append(chunk.offset)
+            positions = wanted.get(chunk.index)
+            if positions:
+                found["chunk"] += [chunk.index] * len(positions)
+                found["position"] += positions
+                found["before"] += chunk.newlines_before([max(p - 1, 0) for p in positions])
+            first_line += chunk.newlines()
+        return pa.table(starts, schema=_STARTS), pa.table(found, schema=_LINE_MAP)
+
+    def _chunks_again(self, last: int) -> Iterator[CsvChunk]:
+        if self.mode == "extract":
+            for index in range(min(last + 1, self.chunks)):
+                data = self.sources[index].read_bytes()
+                yield CsvChunk(index, ((data, 0, len(data)),), self.offsets[index], len(data))
+            return
+        again = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES)  # the same cuts: same bytes, same rule
+        for chunk in again.split(CsvStreamNormalizer(MAX_LINE_BYTES), iter_member_bytes(self.archive, self.member.name)):
+            if chunk.index > last:
+                return
+            yield chunk
+
+
+_STARTS = pa.schema([("chunk", pa.int64()), ("first_line", pa.int64()), ("stream_offset", pa.int64())])
+_LINE_MAP = pa.schema([("chunk", pa.int64()), ("position", pa.int64()), ("before", pa.int64())])
 
 
 def _duckdb_threads(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute("SELECT current_setting('threads')").fetchone()
-    return max(1, int(row[0])) if row else 1
+    rows = con.execute("SELECT current_setting('threads')").fetchall()
+    return max(1, int(rows[0][0])) if rows else 1
 
 
 def _count_rejects(con: duckdb.DuckDBPyConnection, reject_table: str) -> int:
@@ -544,9 +535,9 @@ def _write_rejects(
 class _PipeFeeder(threading.Thread):
     """Writes one chunk into a named pipe; DuckDB reads the other end."""
 
-    def __init__(self, fifo: Path, data: list[memoryview]) -> None:
+    def __init__(self, fifo: Path, data: list[memoryview], done: Callable[[], None] | None) -> None:
         super().__init__(name=f"feed-{fifo.name}", daemon=True)
-        self.fifo, self.data = fifo, data
+        self.fifo, self.data, self.done = fifo, data, done
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -559,6 +550,10 @@ class _PipeFeeder(threading.Thread):
             pass  # the reader went away; DuckDB's own error is the one to report
         except BaseException as exc:  # reported by join_and_raise on the caller's thread
             self.error = exc
+        finally:
+            self.data = []  # the chunk's memory goes now, not when the pipeline ends
+            if self.done is not None:
+                self.done()
 
     def join_and_raise(self) -> None:
         self.join()
