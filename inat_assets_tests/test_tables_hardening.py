@@ -405,7 +405,7 @@ def test_chunked_member_keeps_every_row_and_the_real_line_numbers(
     starts = {int(line.split(b",", 1)[0]): n + 1 for n, line in enumerate(normalized.split(b"\n")) if line[:1].isdigit()}
     rejects = query(f"SELECT line, byte_offset, reason, raw_line FROM '{tmp_path}/data/rejects/observations.parquet' ORDER BY line")
     assert [(line, int(raw.split(",")[0])) for line, _, _, raw in rejects] == sorted((starts[i], i) for i in bad)
-    for line, offset, reason, raw in rejects:
+    for _line, offset, reason, raw in rejects:
         identifier = int(raw.split(",")[0])
         assert bad[identifier] in reason, (identifier, reason)
         assert normalized[offset - 1 :].startswith(f"{identifier},".encode())  # offset: the line's start + 1
