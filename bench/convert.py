@@ -50,6 +50,83 @@ def build_archive(workdir: Path, observations: int, media_per_observation: float
     return archive
 
 
+def stages(archive: Path, workdir: Path, stage_memory: str) -> None:
+    """Where the time goes, per member: CPU seconds of each stage, run one after the other.
+
+    inflate (ISA-L), normalize + cut into chunks (csv_stream; the chunk files' writes included),
+    DuckDB's parse of the chunk files into a table, then the Parquet encoding of that table and the
+    write (the write calls' time from DuckDB's profiler, taken out of the encoding).
+    """
+    import duckdb
+
+    from inat_assets.dwca.archive import inspect_archive, iter_member_bytes
+    from inat_assets.dwca.convert import (
+        CHUNK_BYTES,
+        MAX_LINE_BYTES,
+        _read_csv_sql,
+        configure_duckdb,
+        sql_string,
+    )
+    from inat_assets.dwca.csv_stream import CsvStreamNormalizer, RecordChunker
+
+    info = inspect_archive(archive)
+    out = Path(tempfile.mkdtemp(prefix="stages-", dir=workdir))
+    try:
+        for member in (info.observations, info.media):
+            cpu = time.process_time()
+            sum(map(len, iter_member_bytes(archive, member.name)))
+            inflate = time.process_time() - cpu
+            cpu = time.process_time()
+            sources = []
+            for chunk in RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES).split(
+                CsvStreamNormalizer(MAX_LINE_BYTES), iter_member_bytes(archive, member.name)
+            ):
+                sources.append(out / f"chunk-{chunk.index:06d}.csv")
+                with open(sources[-1], "wb") as fh:
+                    fh.writelines(chunk.views())
+            normalize = time.process_time() - cpu - inflate  # the chunk files' writes are in here too
+            with duckdb.connect() as con:
+                # Parse and encode measured apart: the parsed rows are held in a table first (memory
+                # limit raised so that no spill is timed), then written; CPU time over all threads.
+                configure_duckdb(con, temp_dir=out / "spill", memory_limit=stage_memory)
+                con.execute("SET preserve_insertion_order = false")
+                cpu = time.process_time()
+                con.execute(f"CREATE TABLE parsed AS {_read_csv_sql(member, sources, 'rejects')}").fetchall()
+                parse = time.process_time() - cpu
+                con.execute(f"PRAGMA enable_profiling = 'json'; PRAGMA profiling_output = {sql_string(out / 'profile.json')}")
+                cpu = time.process_time()
+                con.execute(
+                    f"COPY parsed TO {sql_string(out / 'table.parquet')} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+                ).fetchall()
+                encode = time.process_time() - cpu
+                con.execute("PRAGMA disable_profiling")
+            write = float(json.loads((out / "profile.json").read_text())["io"]["total_write_time"])
+            encode -= write
+            total = inflate + normalize + parse + encode + write
+            print(
+                f"{member.name:17s} {member.size / 1e9:5.2f} GB  inflate {inflate:6.1f} s ({inflate / total:4.0%})  "
+                f"normalize+chunk {normalize:5.1f} s ({normalize / total:4.0%})  parse {parse:6.1f} s ({parse / total:4.0%})  "
+                f"encode {encode:6.1f} s ({encode / total:4.0%})  write {write:4.1f} s ({write / total:4.0%})",
+                flush=True,
+            )
+            for source in sources:
+                source.unlink()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def disk_needed(archive: Path) -> dict[str, int]:
+    """Scratch bytes each variant holds at its peak besides the Parquet outputs (from the member sizes)."""
+    from inat_assets.dwca.archive import inspect_archive
+
+    info = inspect_archive(archive)
+    return {
+        "original": info.observations.size + info.media.size,  # unzip extracts both members
+        "ours-stream": 0,  # named pipes; chunks in flight are in memory
+        "ours-extract": max(info.observations.size, info.media.size),  # one member's chunk files at a time
+    }
+
+
 def run_variant(variant: str, archive: Path, out: Path) -> dict[str, float]:
     """Runs inside the child process."""
     import duckdb
@@ -104,7 +181,7 @@ def measure(variant: str, archive: Path, workdir: Path) -> tuple[float, float, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--observations", type=int, default=2_000_000)
+    parser.add_argument("--observations", type=int, default=5_000_000)
     parser.add_argument("--media-per-observation", type=float, default=2.0, help="mean photos per observation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -113,7 +190,9 @@ def main() -> None:
         help="include the sample's malformed lines (the original workflow then aborts on the first one)",
     )
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--workdir", type=Path, default=Path("bench/out"))
+    parser.add_argument("--workdir", type=Path, default=Path("/work/bench-data"), help="archive cache and outputs (not in git)")
+    parser.add_argument("--stages", action="store_true", help="only the breakdown of where the time goes")
+    parser.add_argument("--stage-memory", default="8GB", help="DuckDB memory limit for --stages (the parsed table is held)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--archive", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -124,6 +203,9 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     archive = build_archive(args.workdir, args.observations, args.media_per_observation, args.malformed)
+    if args.stages:
+        stages(archive, args.workdir, args.stage_memory)
+        return
     variants = args.variants.split(",")
     results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for round_no in range(1, args.rounds + 1):
@@ -132,7 +214,7 @@ def main() -> None:
             results[variant].append((seconds, rss_mb, detail["cpu_s"]))
             print(f"round {round_no} {variant:13s} {seconds:7.1f} s  peak RSS {rss_mb:6.0f} MB  {detail}", flush=True)
 
-    print(f"\n{'variant':14s} {'median s':>9s} {'cpu s':>7s} {'peak RSS MB':>12s} {'x original':>11s} {'cpu x':>6s}")
+    print(f"\n{'variant':14s} {'median s':>9s} {'cpu s':>7s} {'peak RSS MB':>12s} {'x original':>11s} {'cpu x':>6s} {'scratch GB':>10s}")
     base = statistics.median(s for s, _, _ in results["original"]) if "original" in results else None
     base_cpu = statistics.median(c for _, _, c in results["original"]) if "original" in results else None
     for variant, runs in results.items():
@@ -140,7 +222,11 @@ def main() -> None:
         cpu = statistics.median(c for _, _, c in runs)
         ratio = f"{median / base:.2f}" if base else "-"
         cpu_ratio = f"{cpu / base_cpu:.2f}" if base_cpu else "-"
-        print(f"{variant:14s} {median:9.1f} {cpu:7.1f} {max(r for _, r, _ in runs):12.0f} {ratio:>11s} {cpu_ratio:>6s}")
+        disk = disk_needed(archive)[variant] / 1e9
+        print(
+            f"{variant:14s} {median:9.1f} {cpu:7.1f} {max(r for _, r, _ in runs):12.0f} {ratio:>11s} {cpu_ratio:>6s} "
+            f"{disk:10.2f}"
+        )
 
 
 if __name__ == "__main__":
