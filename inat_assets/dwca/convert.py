@@ -1,18 +1,19 @@
-"""Convert one CSV member of the archive into a typed, ZSTD-compressed Parquet file.
+"""Convert one CSV member of the archive into a typed, ZSTD-compressed Parquet file with DuckDB.
 
 The member is inflated and normalized on one thread and cut into chunks of whole records
-(csv_stream.RecordChunker); one DuckDB query per chunk parses it on each of DuckDB's threads, and
-pyarrow writes every chunk's rows into the one output file (see _ChunkPipeline for why, with the
-numbers). Two ways to hand a chunk to DuckDB (``read_mode``), measured in bench/convert.py:
+(csv_stream.RecordChunker); one DuckDB COPY reads the chunks, several at once (one per thread),
+and writes the one output file (see _ChunkPipeline for why, with the numbers). Two ways to hand
+the chunks to DuckDB (``read_mode``), measured in bench/convert.py:
 
-- ``stream``: through a named pipe. Needs no disk for the CSV.
-- ``extract``: as a file in the scratch folder, deleted once read. Needs the chunks in flight on
-  disk (a few times CHUNK_BYTES), never the member's size.
-- ``auto`` (default): ``extract`` when the scratch folder has that room, else ``stream``.
+- ``stream``: each chunk through its own named pipe, while the next chunks inflate. Needs no disk
+  for the CSV; a few chunks are in memory.
+- ``extract``: every chunk is first written as a file in the scratch folder (deleted afterwards),
+  then DuckDB reads them. Needs the member's size free on disk.
+- ``auto`` (default): ``extract`` when the scratch folder has room for the member, else ``stream``.
 
 Malformed lines never abort a conversion: DuckDB's ``store_rejects`` collects them, and they are
-written to a rejects Parquet file with their line number in the member, byte offset, raw text and
-reason.
+written to a rejects Parquet file with their line number in the member (every ``\\n`` counts, the
+header is line 1), byte offset, raw text and reason.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ Log = Callable[[str], None]
 # Lines over 2 MB exist in the real archive (HTML remarks); DuckDB's default limit is 2,000,000.
 MAX_LINE_BYTES = 16 << 20
 _BUFFER_BYTES = 32 << 20
-# Bytes of CSV per DuckDB query (to be measured).
+# Bytes of CSV per chunk (one pipe or file each), the size of DuckDB's read buffer. Stream mode
+# holds up to 2 x threads chunks in memory; 64 and 128 MB chunks used the same CPU (500k
+# observations, per-chunk queries), so the smaller size and memory won.
 CHUNK_BYTES = 32 << 20
 _EXTRACT_HEADROOM = 1 << 30
 _PROGRESS_SECONDS = 30.0
