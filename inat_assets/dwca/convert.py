@@ -327,8 +327,9 @@ class _ChunkPipeline:
         self.offsets: list[int] = []  # extract mode: where each chunk file starts in the stream
         self.chunks = 0
         self._stop = threading.Event()
-        # Chunks held in memory for their pipes: DuckDB reads `workers` at a time, the next ones wait.
-        self._slots = threading.Semaphore(2 * self.workers)
+        # Chunks held in memory for their pipes: DuckDB reads `workers` at a time (in list order), the
+        # next ones wait; capped so that many threads do not mean gigabytes of waiting chunks.
+        self._slots = threading.Semaphore(max(2, min(2 * self.workers, 8)))
         self._feeders: list[_PipeFeeder] = []
         self._archive_error: BaseException | None = None
 
