@@ -298,7 +298,7 @@ class _ChunkPipeline:
     are all created up front (the member's size says how many chunks there can be; unused ones
     are closed empty). ``extract`` writes the chunks as files first, then runs the same query.
     One query keeps DuckDB's own Parquet writer and one output file: the per-chunk queries tried
-    first (Arrow out of DuckDB, written by pyarrow) cost 17 % more CPU.
+    first (Arrow out of DuckDB, written by pyarrow) took 12 % more CPU (6.1 vs 5.45 s, 500k observations).
 
     DuckDB numbers a reject by record within its chunk; the member's line number (every ``\n``
     before the line, header = line 1) needs the chunk's bytes, so when there are rejects the
