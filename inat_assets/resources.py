@@ -99,9 +99,9 @@ class DwcaResource(_SettingsFromEnv):
     csv_read_mode: str = Field(
         default="auto",
         description=(
-            "'stream' pipes each CSV member out of the zip into DuckDB (no disk for the CSV); 'extract' "
-            "inflates it to the scratch folder first so DuckDB reads it with all threads (needs the "
-            "member's size free); 'auto' extracts when there is room, else streams (INAT_CSV_READ_MODE)."
+            "'stream' pipes each CSV member out of the zip into DuckDB in chunks that DuckDB reads on "
+            "all threads while the rest inflates (no disk for the CSV); 'extract' inflates it to the "
+            "scratch folder first (needs the member's size free; slower); 'auto' streams (INAT_CSV_READ_MODE)."
         ),
     )
 
