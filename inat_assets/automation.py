@@ -36,6 +36,7 @@ from dagster import (
     AutomationCondition,
     AutomationConditionSensorDefinition,
     DagsterInstance,
+    DagsterInvalidConfigError,
     DagsterRunStatus,
     DataVersion,
     DefaultScheduleStatus,
@@ -180,6 +181,10 @@ def archive_automation_sensor() -> AutomationConditionSensorDefinition:
 # --- the batch-fill sensor -----------------------------------------------------------------------------
 
 ATTEMPT_TAG = "inat/batch_attempt"
+# On Kubernetes every run is a pod; dagster-k8s takes a run's resource requests from this tag. Batch runs
+# and the table conversion need very different pods (a core and ~0.5 GB vs DuckDB's memory and spill disk),
+# so the batch runs carry their own (deploy/values.yaml).
+K8S_CONFIG_TAG = "dagster-k8s/config"
 IN_PROCESS_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}
 PARTITION_TAG = "dagster/partition"
 _IN_FLIGHT = [
@@ -202,6 +207,31 @@ def _env_number(name: str, default: float, cast: Callable[[str], float]) -> floa
     if value < 0:
         raise InatAssetsError(f"{name}={raw!r} must be >= 0")
     return value
+
+
+def batch_run_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags of every image-batch run: INAT_BATCH_K8S_CONFIG (JSON) as `dagster-k8s/config`; none when unset."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("INAT_BATCH_K8S_CONFIG", "").strip()
+    if not raw:
+        return {}
+    example = '{"container_config": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}}'
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InatAssetsError(f"INAT_BATCH_K8S_CONFIG is not JSON ({exc}); give e.g. {example}, or unset it") from None
+    if not isinstance(value, dict):
+        raise InatAssetsError(f"INAT_BATCH_K8S_CONFIG must be a JSON object such as {example}, not {raw!r}")
+    tags = {K8S_CONFIG_TAG: json.dumps(value, separators=(",", ":"), sort_keys=True)}
+    try:  # where dagster-k8s is installed (the deploy extra), a wrong key fails when the code loads, not at launch
+        from dagster_k8s.job import get_user_defined_k8s_config
+    except ImportError:
+        return tags
+    try:
+        get_user_defined_k8s_config(tags)
+    except DagsterInvalidConfigError as exc:
+        raise InatAssetsError(f"INAT_BATCH_K8S_CONFIG is not a valid {K8S_CONFIG_TAG} tag: {exc}") from None
+    return tags
 
 
 @dataclass(frozen=True)
@@ -346,6 +376,7 @@ def batch_fill_sensor(
         raise InatAssetsError(f"{image_asset.key.to_user_string()} is not partitioned by named dynamic partitions")
     asset_key = image_asset.key
     policy = policy or BatchFillPolicy.from_env()
+    run_tags = batch_run_tags()
 
     @sensor(
         name=f"{dataset}_batch_fill",
@@ -376,7 +407,7 @@ def batch_fill_sensor(
             RunRequest(
                 partition_key=key,
                 asset_selection=[asset_key],
-                tags={ATTEMPT_TAG: str(attempt)},
+                tags={**run_tags, ATTEMPT_TAG: str(attempt)},
                 # A batch run has one step: the default multiprocess executor would only add a second
                 # Python process per batch (~8 s of start-up on 2 busy cores, measured in the e2e test).
                 run_config=IN_PROCESS_RUN_CONFIG,

@@ -5,7 +5,8 @@
 - ``duckdb`` (InatDuckDBResource): DuckDB connections with the memory cap, threads and spill folder
   already applied, so no asset or check can forget them.
 - ``downloader`` (PhotoDownloaderResource): download settings (hosts, contact, concurrency) and
-  the photo mirror, handed out as a ready DownloadConfig and routed tasks.
+  the photo mirror, handed out as a ready DownloadConfig and routed tasks; the per-host budgets in
+  it are the Dagster instance's shared ledger, so every batch run on the instance draws on one.
 
 Every field is read from the environment variable ``INAT_`` + FIELD.upper() (``data_dir`` ->
 ``INAT_DATA_DIR``): the field list is the one list of settings. Only variables that are set are
@@ -22,13 +23,13 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import duckdb
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from inat_assets.download import INAT_PHOTO_HOSTS, DownloadConfig, PhotoTask
 from inat_assets.dwca.convert import DEFAULT_MEMORY_LIMIT, configure_duckdb
-from inat_assets.errors import ArchiveError
+from inat_assets.errors import ArchiveError, DownloadError
 from inat_assets.storage import DataStore
 
 OFFICIAL_DWCA_URL = "https://www.inaturalist.org/observations/gbif-observations-dwca.zip"
@@ -87,7 +88,7 @@ class DataStoreResource(_SettingsFromEnv):
         default=0,
         ge=0,
         description=(
-            "Photo ids per image batch; 0 = sized for about 50k photos. Fixed at the first fetch list "
+            "Photo ids per image batch; 0 = sized for about 250k photos. Fixed at the first fetch list "
             "of any dataset (kept in <data_dir>/batches.json) and shared by all datasets (INAT_BATCH_SPAN)."
         ),
     )
@@ -111,9 +112,9 @@ class DwcaResource(_SettingsFromEnv):
     csv_read_mode: str = Field(
         default="auto",
         description=(
-            "'stream' pipes each CSV member out of the zip into DuckDB (no disk for the CSV); 'extract' "
-            "inflates it to the scratch folder first so DuckDB reads it with all threads (needs the "
-            "member's size free); 'auto' extracts when there is room, else streams (INAT_CSV_READ_MODE)."
+            "'stream' pipes each CSV member out of the zip into DuckDB in chunks that DuckDB reads on "
+            "all threads while the rest inflates (no disk for the CSV); 'extract' inflates it to the "
+            "scratch folder first (needs the member's size free; slower); 'auto' streams (INAT_CSV_READ_MODE)."
         ),
     )
 
@@ -169,8 +170,10 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         default="",
         description="Comma-separated hosts that may be fetched; empty = the two iNaturalist photo hosts (INAT_ALLOWED_HOSTS).",
     )
+    # No ge=1 here: pydantic would check it against the EnvVar placeholder (0) when the variable is
+    # set, and every definition load failed; download_config checks the resolved value instead.
     download_concurrency: int = Field(
-        default=DownloadConfig.concurrency, ge=1, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
+        default=DownloadConfig.concurrency, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
     )
     photo_mirror: str = Field(
         default="",
@@ -180,7 +183,35 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         ),
     )
 
+    host_budget: str = Field(
+        default="",
+        description=(
+            "Where every download's per-host budgets (requests/s, bytes per hour and day) are shared: empty = "
+            "the Dagster instance's (its PostgreSQL database, or DAGSTER_HOME/host_budget.sqlite); or a ledger "
+            "URL, sqlite:////abs/file.db or postgresql://..., to share one budget between instances on one IP "
+            "(INAT_HOST_BUDGET)."
+        ),
+    )
+    # The instance's ledger, found when a run sets the resource up (see setup_for_execution).
+    _instance_budget: str = PrivateAttr(default="")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if not self.host_budget and context.instance is not None:
+            # Imported here: inat_assets.instance imports this module (the data dir's default).
+            from inat_assets.instance import host_budget_url
+
+            self._instance_budget = host_budget_url(context.instance)
+
+    @property
+    def shared_budget(self) -> str:
+        """The ledger URL handed to the engine: the setting, else the instance's ("" outside a run)."""
+        return self.host_budget or self._instance_budget
+
     def download_config(self, *, retries: int, try_other_host: bool, processes: int | None = None) -> DownloadConfig:
+        if self.download_concurrency < 1:
+            raise DownloadError(
+                f"INAT_DOWNLOAD_CONCURRENCY is {self.download_concurrency}: requests in flight per batch must be 1 or more"
+            )
         hosts = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip()) or INAT_PHOTO_HOSTS
         if self.photo_mirror:
             # host:port when the mirror names a port: a bare host would allow only ports 80 and 443.
@@ -192,6 +223,7 @@ class PhotoDownloaderResource(_SettingsFromEnv):
             retries=retries,
             try_other_host=try_other_host,
             processes=processes,
+            host_budget=self.shared_budget,
         )
 
     def route(self, task: PhotoTask) -> PhotoTask:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from inat_assets.testing.sample import (
     archive_from_observations_csv,
     write_sample_archive,
 )
+from inat_assets_tests.postgres_server import PostgresServer, postgres_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_OBSERVATIONS = FIXTURES / "real_observations_2022.csv"
@@ -133,3 +134,16 @@ def copy_to(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (see postgres_server.py: skipped outside CI without it)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's server."""
+    return postgres.create_database()

@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from dagster import build_resources
 
 from inat_assets.download import PhotoTask
+from inat_assets.errors import DownloadError
 from inat_assets.resources import (
     SETTINGS_RESOURCES,
     DataStoreResource,
@@ -26,7 +28,7 @@ def test_every_setting_reads_the_variable_named_after_it_and_the_readme_names_st
     assert variables == {
         "INAT_DATA_DIR", "INAT_BATCH_SPAN", "INAT_DWCA_SOURCE", "INAT_CSV_READ_MODE", "INAT_DUCKDB_MEMORY_LIMIT",
         "INAT_DUCKDB_THREADS", "INAT_DUCKDB_TEMP_DIR", "INAT_CONTACT", "INAT_ALLOWED_HOSTS",
-        "INAT_DOWNLOAD_CONCURRENCY", "INAT_PHOTO_MIRROR", "INAT_SCRATCH_DIR",
+        "INAT_DOWNLOAD_CONCURRENCY", "INAT_PHOTO_MIRROR", "INAT_HOST_BUDGET", "INAT_SCRATCH_DIR",
     }  # fmt: skip
     assert variables <= readme
     resources = inat_resources(environ={"INAT_DATA_DIR": "/d", "INAT_DUCKDB_THREADS": "3"}, contact="me@example.org")
@@ -69,3 +71,16 @@ def test_the_real_archive_is_an_explicit_choice() -> None:
     with pytest.raises(ArchiveError, match=r"INAT_DWCA_SOURCE is not set.*gbif-observations-dwca.zip.*--demo"):
         DwcaResource.from_env(environ={}).source()
     assert DwcaResource(dwca_source="/data/dwca.zip").source() == "/data/dwca.zip"
+
+
+def test_download_concurrency_from_the_environment_loads_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen: INAT_DOWNLOAD_CONCURRENCY set made every definition load fail (a bound checked against
+    # the EnvVar placeholder, not the value).
+    monkeypatch.setenv("INAT_DOWNLOAD_CONCURRENCY", "2")
+    resource = PhotoDownloaderResource.from_env()
+    with build_resources({"downloader": resource}) as built:
+        assert built.downloader.download_config(retries=0, try_other_host=False, processes=1).concurrency == 2
+    monkeypatch.setenv("INAT_DOWNLOAD_CONCURRENCY", "0")
+    with build_resources({"downloader": PhotoDownloaderResource.from_env()}) as built, \
+            pytest.raises(DownloadError, match="INAT_DOWNLOAD_CONCURRENCY is 0"):
+        built.downloader.download_config(retries=0, try_other_host=False, processes=1)

@@ -6,6 +6,8 @@ without a request. Each dataset has its own manifests (``datasets/<name>/manifes
 listing exactly the photos its fetch list has in that batch.
 """
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -54,12 +56,23 @@ class ImageBatchConfig(Config):
         le=64,
         description=(
             "Worker processes for this batch's downloads; empty: one per core available to the run "
-            "(affinity, cgroup quota), at most 4 (bench/download.py). Each gets 1/N of the per-host budgets."
+            "(affinity, cgroup quota), at most 4 (bench/download.py). They draw on the instance's shared "
+            "per-host budgets."
         ),
     )
 
 
-def _log_progress(context: AssetExecutionContext, key: str):
+# A second reader of batch progress in this thread, besides the run log: `inat-assets demo` sets it
+# around its in-process runs to draw one terminal bar per dataset (inat_assets.cli.progress). Unset in
+# every other run: asset bodies only log, a run worker has no terminal.
+batch_progress_observer: ContextVar[Callable[[str, Progress], None] | None] = ContextVar(
+    "batch_progress_observer", default=None
+)
+
+
+def _log_progress(context: AssetExecutionContext, key: str) -> Callable[[Progress], None]:
+    observer = batch_progress_observer.get()
+
     def log(progress: Progress) -> None:
         total = f"/{progress.total:,}" if progress.total is not None else ""
         eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
@@ -68,6 +81,8 @@ def _log_progress(context: AssetExecutionContext, key: str):
             f"{key}: {progress.done:,}{total} settled, {progress.ok:,} downloaded, {progress.skipped:,} already "
             f"on disk, {progress.failed:,} failed, {progress.rate:.0f}/s{eta}{note}"
         )
+        if observer is not None:
+            observer(key, progress)
 
     return log
 
@@ -112,7 +127,8 @@ def build_image_batches(
         group_name=name,
         kinds={"python", "parquet"},
         code_version=dataset.selection_version(),
-        # Downloads of all batches share one pool, so a backfill cannot multiply the per-host budgets.
+        # Downloads of all batches share one pool: how many batch runs download at once (the per-host
+        # budgets are shared through the instance, not by this pool).
         pool="inat_downloads",
         retry_policy=retry_policy,
         metadata={"dataset": name, "photo_size": size},

@@ -352,7 +352,7 @@ def dataset_definitions(dataset: InatDataset, retry_policy: dg.RetryPolicy | Non
     from inat_assets.assets.fetch_list import build_fetch_list_check, build_fetch_parquet
     from inat_assets.assets.images import BATCH_RETRY_POLICY, build_image_batches
     from inat_assets.assets.training import build_training_dataset_asset
-    from inat_assets.automation import batch_fill_sensor, follow_upstream
+    from inat_assets.automation import batch_fill_sensor, batch_run_tags, follow_upstream
 
     # The fetch list follows a rebuilt table or a changed declaration (its code version) under the
     # archive_automation sensor; the batches are filled by this dataset's own batch-fill sensor.
@@ -369,6 +369,7 @@ def dataset_definitions(dataset: InatDataset, retry_policy: dg.RetryPolicy | Non
                 f"{dataset.name}_image_batches_job",
                 selection=dg.AssetSelection.assets(images),
                 description=f"Download image batches of the {dataset.name} dataset (one per run; backfill for many).",
+                tags=batch_run_tags(),
             )
         ],
     )

@@ -18,14 +18,16 @@ Typical use::
 API
 ---
 ``HostLimits(requests_per_second, bytes_per_hour, bytes_per_day)``
-    Politeness for one host (None = unlimited). Budgets are per run_download call.
+    Politeness for one host (None = unlimited). Budgets are per run_download call, or shared by every
+    run naming the same ledger in ``DownloadConfig.host_budget`` (``inat_assets.download.host_budget``).
 ``DownloadConfig(concurrency=256, processes=None, allowed_hosts=INAT_PHOTO_HOSTS,
 host_limits=DEFAULT_HOST_LIMITS, retries=5, connect_timeout=10, read_timeout=30, request_deadline=120,
 max_bytes=50 MB, body_budget=None, try_other_host=True, other_hosts=..., contact="", backoff_base=1,
 backoff_max=60, retry_after_max=300, max_redirects=5, http2=False, ca_file=None, transport="aiohttp",
-fast_network_backend=True)`` -- ``processes=None`` picks one worker process per available core (at
-most 4; 1 for fewer than 1,000 known tasks); ``processes > 1`` runs worker processes (limits, body
-budget and concurrency split between them; see ``inat_assets.download.processes``).
+fast_network_backend=True, host_budget="")`` -- ``processes=None`` picks one worker process per
+available core (at most 4; 1 for fewer than 1,000 known tasks); ``processes > 1`` runs worker
+processes (body budget and concurrency split between them, and the host limits too unless
+``host_budget`` names a shared ledger; see ``inat_assets.download.processes``).
 ``PhotoTask(photo_id, url)``
 ``DownloadJob(tasks, dest_dir, manifest_path, config=DownloadConfig(), previous_manifest=None,
 progress_interval=5.0, total=None, writer=LocalWriter())``: one run, picklable apart from ``tasks``

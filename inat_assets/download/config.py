@@ -36,10 +36,10 @@ TRANSPORTS = ("aiohttp", "httpcore")
 class HostLimits:
     """Politeness limits for one host; ``None`` means unlimited.
 
-    Budgets are per ``run_download`` call: its requests to a host share one counter, but separate
-    runs (and processes) do not know about each other. Running N downloads at once against the
-    same host multiplies the effective budget by N: give each 1/N of it (``processes=N`` does that
-    for its children; the Dagster image batches share the pool ``inat_downloads``: give it limit 1).
+    Who shares them is ``DownloadConfig.host_budget``: empty, they are per ``run_download`` call
+    (``processes=N`` gives each child 1/N), and N runs at once against one host multiply the
+    budget by N; a ledger URL (``host_budget.py``) makes them one budget for every run, process and
+    machine that names it (the Dagster image batches get the instance's).
     """
 
     requests_per_second: float | None = None
@@ -177,6 +177,10 @@ class DownloadConfig:
     # With transport="httpcore": our asyncio network backend for httpcore instead of its anyio
     # one, about 40 % less CPU per request. False falls back to httpx's stock transport.
     fast_network_backend: bool = True
+    # Where the per-host budgets are kept: "" = in memory, for this run alone; a ledger URL
+    # (sqlite:////abs/file.db, postgresql://...) = shared with every run that names it. A string, so
+    # the config stays picklable for worker processes. See inat_assets.download.host_budget.
+    host_budget: str = ""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or (self.processes is not None and self.processes < 1):

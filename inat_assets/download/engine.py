@@ -385,6 +385,7 @@ async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clea
             if reporter is not None:
                 reporter.cancel()
             await asyncio.gather(*workers, *([reporter] if reporter else []), return_exceptions=True)
+            fetcher.close()
             if run._shared is not None:
                 await _close(run._shared)
             await run.photos.aclose()

@@ -162,7 +162,7 @@ class Fetcher:
         self.config = config
         self.allowed = HostAllowlist(config.allowed_hosts)
         self.note = note
-        self.gates = HostGates()  # this run's per-host pacing, budgets and pauses
+        self.gates = HostGates(config.host_budget)  # per-host pacing, budgets and pauses (shared if a ledger)
         self.budget = BodyBudget(body_budget(config))
         self.headers = [
             ("User-Agent", config.user_agent),
@@ -176,6 +176,10 @@ class Fetcher:
             "write": config.read_timeout,
             "pool": config.request_deadline,
         }
+
+    def close(self) -> None:
+        """Hand the byte records still queued to the shared ledger, if any, and close it."""
+        self.gates.close()
 
     # URL rules ----------------------------------------------------------------------------------
     def check_url(self, url: str) -> tuple[str, str | None]:

@@ -8,8 +8,9 @@ its manifest rows back in batches, which the parent writes into the one manifest
 load pyarrow or NumPy (about 60 MB each): a child's resident memory is the interpreter, httpx and
 aiohttp. Memory stays bounded: at most a few chunks per process are ever queued.
 
-Per-host limits are divided by N, since each child keeps its own budget counters; so is the
-memory budget for response bodies (``photo_fetcher.body_budget``) and the concurrency.
+Per-host limits are divided by N, since each child keeps its own budget counters, unless the
+config names a shared ledger (``host_budget``), which all children draw on; the memory budget for
+response bodies (``photo_fetcher.body_budget``) and the concurrency are always divided by N.
 
 Children die with their parent: each watches its parent's pid and leaves within a second or so of
 the parent's death (a SIGKILLed parent cannot tell them to stop, and they would otherwise wait on
@@ -69,14 +70,16 @@ def _share(limits: HostLimits, n: int) -> HostLimits:
 
 def child_config(config: DownloadConfig) -> DownloadConfig:
     n = config.processes or 1
+    # With a shared ledger (host_budget) the children draw on one budget: each keeps the whole limits.
+    limits_n = 1 if config.host_budget else n
     return replace(
         config,
         processes=1,
         concurrency=max(1, config.concurrency // n),
         body_budget=max(config.max_bytes, body_budget(config) // n),  # the run's bound holds for all together
-        host_limits={host: _share(lim, n) for host, lim in config.host_limits.items()},
+        host_limits={host: _share(lim, limits_n) for host, lim in config.host_limits.items()},
         other_hosts=dict(config.other_hosts),  # plain dicts: MappingProxyType does not pickle
-        default_limits=_share(config.default_limits, n),
+        default_limits=_share(config.default_limits, limits_n),
     )
 
 

@@ -9,9 +9,18 @@ to the data it describes), created with the packaged ``dagster.yaml``:
 - `inat-assets` commands call `ensure_dagster_home()` themselves;
 - plain `dagster`/`dg` commands get it from ``eval "$(inat-assets env)"`` (prints the export line).
 
-An explicit ``DAGSTER_HOME`` always wins; a ``dagster.yaml`` already in it is left as it is. When
-INAT_DATA_DIR is an object store, the instance cannot live there (SQLite needs a local file): then
-DAGSTER_HOME must be set, and every command that needs the instance says so.
+An explicit ``DAGSTER_HOME`` always wins; a ``dagster.yaml`` already in it is left as it is, with
+one exception: the packaged SQLite variant is replaced by the PostgreSQL one when
+``INAT_DAGSTER_POSTGRES_URL`` is set (moving an instance to PostgreSQL; its SQLite history stays in
+the folder and is not copied). Going back is never automatic: with the PostgreSQL variant in place
+and the variable unset, the instance refuses to load and says so.
+
+Storage: SQLite files in ``DAGSTER_HOME`` (``dagster.yaml``), or PostgreSQL
+(``dagster-postgres.yaml``, when ``INAT_DAGSTER_POSTGRES_URL`` names the database) for an instance
+that several machines share. The downloads' shared host budget lives beside it
+(``host_budget_url``): in the same PostgreSQL database, or in ``DAGSTER_HOME/host_budget.sqlite``.
+When INAT_DATA_DIR is an object store, the instance cannot live there (SQLite needs a local file):
+then DAGSTER_HOME must be set, and every command that needs the instance says so.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from inat_assets.errors import StorageError
+from inat_assets.download.host_budget import sqlite_url
+from inat_assets.errors import InatAssetsError, StorageError
 from inat_assets.resources import DataStoreResource
 from inat_assets.storage import DataStore, atomic_write_bytes
 
@@ -34,9 +44,25 @@ DOWNLOAD_POOL = "inat_downloads"  # the pool of every image batch asset (pool= i
 _DEFAULT_DATA_DIR: str = DataStoreResource.model_fields["data_dir"].default
 
 
-def packaged_dagster_yaml() -> bytes:
-    """The instance configuration shipped with inat-assets (inat_assets/instance/dagster.yaml)."""
-    return (files("inat_assets.instance") / "dagster.yaml").read_bytes()
+POSTGRES_URL_ENV = "INAT_DAGSTER_POSTGRES_URL"  # set: the instance is on PostgreSQL (dagster-postgres.yaml)
+HOST_BUDGET_FILE = "host_budget.sqlite"  # the shared host budget of a SQLite instance, in DAGSTER_HOME
+_SQLITE_YAML, _POSTGRES_YAML = "dagster.yaml", "dagster-postgres.yaml"
+_POSTGRES_SCHEME = "postgresql+psycopg2://"
+
+
+class InstanceConfigError(InatAssetsError, RuntimeError):
+    """A DAGSTER_HOME whose configuration cannot be used as it is; the message says what to set."""
+
+
+def packaged_dagster_yaml(environ: Mapping[str, str] | None = None) -> bytes:
+    """The instance configuration shipped with inat-assets: inat_assets/instance/dagster.yaml, or
+    dagster-postgres.yaml when ``INAT_DAGSTER_POSTGRES_URL`` is set in ``environ`` (default os.environ)."""
+    environ = os.environ if environ is None else environ
+    return _packaged(_POSTGRES_YAML if environ.get(POSTGRES_URL_ENV) else _SQLITE_YAML)
+
+
+def _packaged(name: str) -> bytes:
+    return (files("inat_assets.instance") / name).read_bytes()
 
 
 def data_store_from_env(environ: Mapping[str, str] | None = None) -> DataStore:
@@ -61,16 +87,45 @@ def default_dagster_home(environ: Mapping[str, str] | None = None) -> Path:
     return store.path(INSTANCE_FOLDER)  # type: ignore[return-value]
 
 
-def ensure_dagster_home(path: Path | str | None = None) -> Path:
-    """Create the instance folder (default: `default_dagster_home()`) with the packaged dagster.yaml if missing.
+def check_postgres_url(environ: Mapping[str, str]) -> None:
+    """Refuse an INAT_DAGSTER_POSTGRES_URL Dagster cannot use, before any process opens the instance.
+
+    dagster-postgres runs on psycopg2, and SQLAlchemy 2.1 opens a bare ``postgresql://`` URL with
+    psycopg 3 instead: seen here, the daemon then failed on every ``NOTIFY`` (psycopg 3 binds
+    parameters on the server) or, without psycopg 3, on "No module named 'psycopg'". So the URL
+    names the driver.
+    """
+    url = environ.get(POSTGRES_URL_ENV, "")
+    if url and not url.startswith(_POSTGRES_SCHEME):
+        scheme = url.partition("://")[0] if "://" in url else "no scheme"
+        raise InstanceConfigError(
+            f"{POSTGRES_URL_ENV} starts with {scheme!r}: write it as {_POSTGRES_SCHEME}user:password@host:5432/database "
+            "(Dagster's PostgreSQL storage runs on the psycopg2 driver, and SQLAlchemy 2.1 would pick another "
+            "for a bare postgresql:// URL)."
+        )
+
+
+def ensure_dagster_home(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Create the instance folder (default: `default_dagster_home()`) with the packaged dagster.yaml if missing
+    (the PostgreSQL variant when ``INAT_DAGSTER_POSTGRES_URL`` is set; see the module docstring).
 
     Returns the absolute folder; does not change the environment (see `use_dagster_home`).
     """
-    home = Path(path).expanduser().resolve() if path is not None else default_dagster_home()
+    environ = os.environ if environ is None else environ
+    check_postgres_url(environ)
+    home = Path(path).expanduser().resolve() if path is not None else default_dagster_home(environ)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        atomic_write_bytes(config, packaged_dagster_yaml())
+    wanted = packaged_dagster_yaml(environ)
+    current = config.read_bytes() if config.exists() else None
+    if current is None or (current == _packaged(_SQLITE_YAML) and current != wanted):
+        atomic_write_bytes(config, wanted)
+    elif current == _packaged(_POSTGRES_YAML) and not environ.get(POSTGRES_URL_ENV):
+        raise InstanceConfigError(
+            f"the Dagster instance in {home} is on PostgreSQL (its dagster.yaml is inat-assets' PostgreSQL "
+            f"variant), but {POSTGRES_URL_ENV} is not set: export {POSTGRES_URL_ENV}="
+            f"{_POSTGRES_SCHEME}user:password@host:5432/database (the same for every process of the instance)."
+        )
     instance = DagsterInstance.from_config(str(home))
     try:
         # The queue counts a pool only once it has a row in the instance; until the first download step
@@ -90,6 +145,19 @@ def use_dagster_home(path: Path | str | None = None) -> Path:
     home = ensure_dagster_home(path)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def host_budget_url(instance: DagsterInstance) -> str:
+    """Where the downloads of ``instance`` share their per-host budgets (a ``host_budget`` ledger URL).
+
+    The instance's own PostgreSQL database when its storage is PostgreSQL (every machine of the
+    instance reaches it), else ``host_budget.sqlite`` in its root folder (``DAGSTER_HOME``): every
+    process on this machine that uses the instance shares that file.
+    """
+    postgres_url = getattr(instance.run_storage, "postgres_url", None)
+    if postgres_url:
+        return str(postgres_url)
+    return sqlite_url(Path(instance.root_directory) / HOST_BUDGET_FILE)
 
 
 def open_instance(path: Path | str | None = None) -> DagsterInstance:

@@ -3,7 +3,8 @@
 Used by the tests, by ``inat-assets demo`` and by ``bench/download.py``; it depends on nothing but
 the standard library. It serves ``GET /photos/<id>/<size>.<ext>`` with deterministic, decodable
 images (``served_bytes`` returns the exact bytes for a photo, so callers can compare downloads
-byte for byte) and counts hits per path.
+byte for byte) and counts hits per path, and per listening host the requests (with their times) and
+the body bytes served: what a host's rate and byte budgets are measured against.
 
 Faults are given per photo id as a list of behaviours applied to successive requests for that
 photo; the last behaviour repeats once the list is used up (``["503", "ok"]`` fails once, then
@@ -50,6 +51,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -268,9 +270,11 @@ class _Connection(asyncio.Protocol):
         else:
             self._respond(behaviour, path, keep_alive)
 
-    def _send(self, data: bytes, *, close: bool) -> None:
+    def _send(self, data: bytes, *, close: bool, body: int = 0) -> None:
+        """Write ``data`` (headers and ``body`` bytes of body) and count the body for this host."""
         if self.transport is None:
             return
+        self.server.host_body_bytes[self.host] += body
         self.transport.write(data)
         if close:
             self.transport.close()
@@ -289,15 +293,15 @@ class _Connection(asyncio.Protocol):
             body = served_bytes(pid, size, ext, self.server.image_bytes)
             ctype = {"png": "image/png", "gif": "image/gif"}.get(ext.lower(), "image/jpeg")
             if name == "nolength":
-                self._send(_head(200, [("Content-Type", ctype), ("Connection", "close")]) + body, close=True)
+                self._send(_head(200, [("Content-Type", ctype), ("Connection", "close")]) + body, close=True, body=len(body))
                 return None
             head = _head(200, [("Content-Type", ctype), ("Content-Length", str(len(body))), *conn])
             if name == "truncate":
-                self._send(head + body[: len(body) // 2], close=True)
+                self._send(head + body[: len(body) // 2], close=True, body=len(body) // 2)
             elif name == "stall":
-                self._send(head + body[: len(body) // 2], close=False)  # and never finish
+                self._send(head + body[: len(body) // 2], close=False, body=len(body) // 2)  # and never finish
             else:
-                self._send(head + body, close=not keep_alive)
+                self._send(head + body, close=not keep_alive, body=len(body))
                 if keep_alive:
                     self._next_request()
             return None
@@ -366,7 +370,7 @@ class _Connection(asyncio.Protocol):
         if body is None:
             body = f"{status} {_REASONS.get(status, '')}".encode()
         head = _head(status, [("Content-Type", ctype), ("Content-Length", str(len(body))), *headers])
-        self._send(head + body, close=not keep_alive)
+        self._send(head + body, close=not keep_alive, body=len(body))
         if keep_alive:
             self._next_request()
 
@@ -392,6 +396,8 @@ class MirrorServer:
         self.host_faults = {h: {k: list(v) for k, v in f.items()} for h, f in (host_faults or {}).items()}
         self.path_hits: Counter[str] = Counter()
         self.host_path_hits: Counter[tuple[str, str]] = Counter()
+        self.host_body_bytes: Counter[str] = Counter()  # body bytes written per listening host
+        self.request_log: list[tuple[float, str, str]] = []  # (time.monotonic(), host, path) of each request
         self._fault_counts: Counter[tuple[str, int]] = Counter()
         self.addresses: list[tuple[str, int]] = []
         self.scheme = "http"
@@ -405,6 +411,10 @@ class MirrorServer:
     def hits(self, path: str, host: str | None = None) -> int:
         """Requests seen for ``path`` (``/photos/17/original.jpg``), on one host or on all."""
         return self.host_path_hits[(host, path)] if host else self.path_hits[path]
+
+    def request_times(self, host: str) -> list[float]:
+        """When each request to ``host`` arrived (time.monotonic()), in arrival order."""
+        return [t for t, h, _ in list(self.request_log) if h == host]
 
     def base_url(self, host: str | None = None) -> str:
         """``http://<host>:<port>`` of one listening address (the first one by default)."""
@@ -428,6 +438,7 @@ class MirrorServer:
     # Used by connections ----------------------------------------------------------------------
     def _behaviour_for(self, host: str, target: str) -> tuple[str, str]:
         path = target.split("?", 1)[0]
+        self.request_log.append((time.monotonic(), host, path))
         self.path_hits[path] += 1
         self.host_path_hits[(host, path)] += 1
         match = _PHOTO_PATH.match(path)

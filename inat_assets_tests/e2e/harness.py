@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +61,11 @@ def _stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 @contextmanager
-def demo_ui(root: Path, mirror_url: str, log_name: str = "dagster-dev.log") -> Iterator[RunningUi]:
-    """`inat-assets ui --demo --port <free>` with INAT_DATA_DIR, DAGSTER_HOME and INAT_PHOTO_MIRROR set."""
+def demo_ui(
+    root: Path, mirror_url: str, log_name: str = "dagster-dev.log", extra_env: Mapping[str, str] | None = None
+) -> Iterator[RunningUi]:
+    """`inat-assets ui --demo --port <free>` with INAT_DATA_DIR, DAGSTER_HOME and INAT_PHOTO_MIRROR set
+    (and ``extra_env``)."""
     data_dir, home = root / "data", root / "dagster_home"
     port = free_port()
     env = {
@@ -71,6 +74,7 @@ def demo_ui(root: Path, mirror_url: str, log_name: str = "dagster-dev.log") -> I
         "DAGSTER_HOME": str(home),
         "INAT_PHOTO_MIRROR": mirror_url,
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     log_path = artifacts_dir() / log_name
     inat_assets = shutil.which("inat-assets", path=str(Path(sys.executable).parent)) or "inat-assets"
