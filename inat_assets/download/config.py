@@ -29,6 +29,8 @@ FAILED_PERMANENT = "failed_permanent"
 FAILED_TRANSIENT = "failed_transient"
 STATUSES = (OK, CACHED, FAILED_PERMANENT, FAILED_TRANSIENT)
 
+TRANSPORTS = ("aiohttp", "httpcore")
+
 
 @dataclass(frozen=True)
 class HostLimits:
@@ -91,8 +93,12 @@ class DownloadConfig:
     max_redirects: int = 5
     http2: bool = False  # S3 speaks HTTP/1.1 only; static.inaturalist.org is rate-limited anyway
     ca_file: str | None = None  # extra CA bundle to trust instead of certifi's (tests, TLS-inspecting proxies)
-    # Our asyncio network backend for httpcore instead of its anyio one: about 40 % less CPU per
-    # request. False falls back to httpx's stock transport.
+    # What carries httpx's requests: "aiohttp" (its C parser and one connection pool per process)
+    # or "httpcore" (httpx's own stack, h11 in pure Python, a small pool per worker). HTTP/2
+    # (``http2=True``) needs httpcore. Measured in bench/download.py (``ours-httpcore``).
+    transport: str = "aiohttp"
+    # With transport="httpcore": our asyncio network backend for httpcore instead of its anyio
+    # one, about 40 % less CPU per request. False falls back to httpx's stock transport.
     fast_network_backend: bool = True
 
     def __post_init__(self) -> None:
@@ -100,6 +106,8 @@ class DownloadConfig:
             raise ValueError("concurrency and processes must be at least 1")
         if self.retries < 0:
             raise ValueError("retries must be 0 or more")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         # Host names compare case-insensitively; normalise once here, and refuse a malformed entry
         # now rather than when (and in whichever worker process) the run starts.
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
@@ -112,6 +120,10 @@ class DownloadConfig:
         # URL) lets them reach the operator instead of blocking the IP.
         agent = f"inat-assets/{inat_assets.__version__}"
         return f"{agent} (+{self.contact.strip()})" if self.contact.strip() else agent
+
+    @property
+    def uses_aiohttp(self) -> bool:
+        return self.transport == "aiohttp" and not self.http2
 
     def limits_for(self, host: str) -> HostLimits:
         return self.host_limits.get(host, self.default_limits)

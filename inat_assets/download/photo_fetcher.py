@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import logging
 import random
 import re
@@ -48,9 +49,9 @@ _BUDGET_MAX = 192 * MB
 class FetchResult:
     """How one photo's fetch ended.
 
-    ``url`` is the last URL requested: after redirects, where the bytes came from. ``body`` no
-    longer counts against the run's BodyBudget once ``fetch`` returns: write or drop it before
-    the next ``await`` (the engine writes it inline), or bodies can pile up beyond the budget.
+    ``url`` is the last URL requested: after redirects, where the bytes came from. ``body`` still
+    holds ``reserved`` bytes of the run's BodyBudget: hand them back with ``Fetcher.release`` once
+    the body is written or dropped, so bodies waiting for a write stay inside the budget.
     """
 
     status: str  # OK, FAILED_PERMANENT or FAILED_TRANSIENT
@@ -63,6 +64,8 @@ class FetchResult:
     error: str | None = None
     width: int | None = None
     height: int | None = None
+    sha256: str | None = None  # hex digest of body, computed while it arrived
+    reserved: int = 0  # bytes of the BodyBudget the body holds until Fetcher.release
 
 
 @dataclass(slots=True)
@@ -80,6 +83,7 @@ class _Hop:
     host: str = ""
     url: str = ""  # the URL this hop requested
     reserved: int = 0  # bytes of the BodyBudget this hop's body holds
+    sha256: str | None = None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -211,14 +215,13 @@ class Fetcher:
         while True:
             attempts += 1
             hop = await self._follow(url, host, transport)
-            if hop.reserved:
-                # Handing the body over ends its reservation: the caller writes it before its next
-                # await (see FetchResult), so no other request can take the budget in between.
-                self.budget.release(hop.reserved)
             if hop.kind == "ok" and hop.image is not None:
-                image = hop.image
+                image = hop.image  # the reservation goes with the body (see FetchResult)
                 return FetchResult(OK, hop.url, 200, hop.body, image.ext, hop.content_type, attempts,
-                                   width=image.width, height=image.height)
+                                   width=image.width, height=image.height, sha256=hop.sha256,
+                                   reserved=hop.reserved)
+            if hop.reserved:
+                self.budget.release(hop.reserved)
             if hop.kind == "permanent":
                 if hop.http_status in (403, 404) and first_error is None and self.config.try_other_host:
                     other = self.other_host_url(url)
@@ -243,6 +246,12 @@ class Fetcher:
                 self.gates.for_host(hop.host).pause(delay)
             else:
                 await asyncio.sleep(delay)
+
+    def release(self, result: FetchResult) -> None:
+        """End the body's BodyBudget reservation (once it is written or dropped)."""
+        if result.reserved:
+            self.budget.release(result.reserved)
+            result.reserved = 0
 
     @staticmethod
     def _with_first(first_error: str | None, error: str | None) -> str | None:
@@ -359,6 +368,9 @@ class Fetcher:
         too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
         received = 0
+        # Hashed as the bytes arrive (while they are still in the CPU's cache), so writing the
+        # photo is the only pass over it afterwards and a writer never needs the whole body twice.
+        digest = hashlib.sha256()
         # aiter_raw hands over the bytes as sent (httpx's own decoders inflate without a cap).
         async for raw in response.aiter_raw():
             if decoder is None:
@@ -380,6 +392,7 @@ class Fetcher:
                 gate.record(response.num_bytes_downloaded)
                 return too_large
             chunks.append(chunk)
+            digest.update(chunk)
             if len(chunks) == 1 and len(chunk) >= _SNIFF_BYTES and sniff_image(chunk) is None:
                 gate.record(response.num_bytes_downloaded)  # no point reading the rest of an error page
                 return _Hop("permanent", status, describe_non_image(chunk, ctype), content_type=ctype)
@@ -388,7 +401,9 @@ class Fetcher:
             return _Hop("transient", status, "truncated body (shorter than Content-Length)", content_type=ctype)
         if decoder is not None:
             try:
-                chunks.append(decoder.finish())
+                tail = decoder.finish()
+                chunks.append(tail)
+                digest.update(tail)
             except BodyTooLarge:
                 return too_large
             except (EOFError, zlib.error):
@@ -398,7 +413,7 @@ class Fetcher:
         if image is None:
             return _Hop("permanent", status, describe_non_image(body, ctype), content_type=ctype)
         if isinstance(image, ImageInfo):
-            return _Hop("ok", status, body=body, image=image, content_type=ctype)
+            return _Hop("ok", status, body=body, image=image, content_type=ctype, sha256=digest.hexdigest())
         # Bytes that end too early are what a cut connection leaves when the server sent no
         # Content-Length (and what a server's own damaged file looks like): transient, so it is
         # retried and, if it stays broken, retried again by the next run instead of being given up

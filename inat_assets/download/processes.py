@@ -52,6 +52,7 @@ from inat_assets.download.engine import (
 from inat_assets.download.manifest import ManifestWriter
 from inat_assets.errors import InatAssetsError
 from inat_assets.photos import BatchFolders  # noqa: F401 -- re-exported: the folder rule lives in inat_assets.photos
+from inat_assets.store import Location
 
 _CHUNK = 64  # tasks per queue message: big enough to make pickling cheap, small enough to balance
 _POLL = 0.2
@@ -146,8 +147,7 @@ class _Feeder(threading.Thread):
                 folder = dest(task.photo_id) if callable(dest) else dest
                 if folder not in cleaned:
                     cleaned.add(folder)
-                    if folder.is_dir():
-                        clean_folder(folder)
+                    clean_folder(self.job.writer, self.job.writer.folder(folder))
                 chunk.append((task.photo_id, task.url))
                 if len(chunk) >= _CHUNK:
                     if not self.put(chunk):
@@ -176,8 +176,11 @@ def run_in_processes(job: DownloadJob, on_progress: ProgressCallback | None = No
     ctx = mp.get_context("spawn")  # fork is unsafe in a process that may run other threads (Dagster)
     tasks_q = ctx.Queue(maxsize=4 * n)
     results_q = ctx.Queue()
-    # Named so that a crashed run's parts are removed by remove_stale_manifest_parts next time.
-    parts = [job.manifest_path.parent / f".{job.manifest_path.name}.proc{i}.part" for i in range(n)]
+    # Named so that a crashed run's parts are removed by remove_stale_manifest_parts next time. A manifest
+    # on an object store has its parts in local scratch: only the merged manifest is uploaded.
+    beside = job.manifest_path.staging if isinstance(job.manifest_path, Location) else job.manifest_path.parent
+    beside.mkdir(parents=True, exist_ok=True)
+    parts = [beside / f".{job.manifest_path.name}.proc{i}.part" for i in range(n)]
     children = [
         ctx.Process(target=_child_main, name=f"inat-download-{i}", daemon=True,
                     args=(i, os.getpid(), child_job, parts[i], tasks_q, results_q))

@@ -178,6 +178,11 @@ class Location:
         """Upload a finished local file; a large one goes as a multipart upload, which appears only once complete."""
         self.fs.put_file(str(local), self.path)
 
+    def rename(self, target: Location) -> Location:
+        """Copy then delete (a store has no rename): not atomic, only for moving a bad object aside."""
+        self.fs.mv(self.path, target.path)
+        return target
+
     def unlink(self, missing_ok: bool = False) -> None:
         try:
             self.fs.rm_file(self.path)
