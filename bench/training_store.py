@@ -123,6 +123,28 @@ def requests(log: Path, since: int) -> Counter:
     return kinds
 
 
+def request_costs(server: S3Server, store: DataStore, image_bytes: int, n: int = 512) -> dict[str, tuple[float, float]]:
+    """Client and server CPU ms per request of s3fs alone (no export around it), in windows of 64 as the export sends them."""
+    from inat_assets.training.exports import STORE_WINDOW, server_side_copy
+
+    fs, root = store.root.fs, store.root.path  # type: ignore[union-attr]
+    keys = [f"{root}/bench-requests/{i}.jpg" for i in range(n)]
+    data = os.urandom(image_bytes)
+    windows = [keys[i : i + STORE_WINDOW] for i in range(0, n, STORE_WINDOW)]
+    costs = {}
+    for name, run in (
+        ("PUT", lambda w: fs.pipe(dict.fromkeys(w, data))),
+        ("GET", lambda w: fs.cat_ranges(w, 0, None)),
+        ("COPY", lambda w: server_side_copy(fs, [(k, k.replace("/bench-requests/", "/bench-copies/")) for k in w])),
+    ):
+        cpu, server_cpu = time.process_time(), server.cpu_seconds()
+        for window in windows:
+            run(window)
+        costs[name] = (1000 * (time.process_time() - cpu) / n, 1000 * (server.cpu_seconds() - server_cpu) / n)
+    fs.rm(keys + [k.replace("/bench-requests/", "/bench-copies/") for k in keys])
+    return costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=2000)
@@ -151,6 +173,7 @@ def main() -> int:
             _remove(store)
             runs["local"].append(measure(server, lambda: build(workdir, None)))
             runs["store"].append(measure(server, lambda: build(workdir, store)))
+        per_request = request_costs(server, store, args.image_bytes)
         _remove(store)
         log = Path(tmp) / "moto" / "moto-server.log"
         since = log.stat().st_size
@@ -175,6 +198,8 @@ def main() -> int:
         local, remote = (statistics.median(r[3][stage] for r in runs[k]) for k in ("local", "store"))
         print(f"  {stage:12} local {local:7.2f}   store {remote:7.2f}")
     print("requests of one store build: " + ", ".join(f"{k} {n:,}" for k, n in kinds.most_common()))
+    print("s3fs alone, CPU ms per request (client / moto): "
+          + ", ".join(f"{k} {c:.2f} / {sv:.2f}" for k, (c, sv) in per_request.items()))  # fmt: skip
     return 0
 
 
