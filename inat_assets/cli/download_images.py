@@ -9,6 +9,8 @@ span, the same folders as the ``image_batches`` asset: the span recorded in ``<o
 else ``--batch-span``, else the span of the data dir the fetch list is in (its ``batches.json``), else
 a round span giving about 50,000 photos per folder; it is recorded in ``<output>/batches.json``.
 And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
+``--output`` and ``--parquet`` may be object-store URLs (``s3://bucket/prefix``; AWS_* variables):
+photos are then PUT one object each, the manifest uploaded once complete.
 A rerun skips every photo already on disk and retries only failures. A photo id listed twice is
 fetched once. Rows whose photo id is unusable (text, a fraction, NaN, negative, beyond 2^63, null)
 are reported and left out; the others are downloaded. Exit status: 0 when every photo is ok or
@@ -39,6 +41,7 @@ from inat_assets.download import (
     run_download,
 )
 from inat_assets.download.manifest import os_error_cause
+from inat_assets.download.object_writer import photo_writer
 from inat_assets.errors import InatAssetsError, InputError, StorageError
 from inat_assets.photos import PHOTO_SIZES, with_size
 from inat_assets.storage import StorePath, store_path
@@ -165,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n".join(__doc__.split("\n")[4:]))
     parser.add_argument("--parquet", required=True,
                         help="fetch list (photo_id, url) or (foo, identifier): a path or a store URL (s3://...)")
-    parser.add_argument("--output", required=True, help="folder for batch folders and manifest.parquet")
+    parser.add_argument("--output", required=True,
+                        help="folder (or store URL, s3://bucket/prefix) for batch folders and manifest.parquet")
     parser.add_argument("--size", choices=PHOTO_SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
     parser.add_argument("--processes", type=int, default=1,
@@ -195,11 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         # Both through the one parse of paths and store URLs (inat_assets.storage): never a local "s3:" folder.
         fetch_list = store_path(args.parquet, what="--parquet")
         output = store_path(args.output, what="--output")
-        if isinstance(output, Location):
-            raise StorageError(
-                f"--output={args.output}: download-images writes to a local folder. To download onto an object "
-                "store, run the image_batches asset with INAT_DATA_DIR on that store."
-            )
         parquet, id_col, url_col, fmt_col = open_fetch_list(fetch_list)
     except (InputError, StorageError) as exc:
         print(f"download-images: {exc}", file=sys.stderr)
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         contact=args.contact, try_other_host=not args.no_other_host,
     )
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        output.mkdir(parents=True, exist_ok=True)  # nothing to create on a store
     except OSError as exc:
         print(f"download-images: cannot create the output folder {output}: {os_error_cause(exc)}", file=sys.stderr)
         return 2
@@ -232,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_download(
             iter_tasks(parquet, id_col, url_col, fmt_col, args.size, rows),
-            BatchFolders(output, span),
+            BatchFolders(output, span),  # type: ignore[arg-type]
             manifest,
             config,
+            writer=photo_writer(output),  # objects, one PUT each, when --output is a store URL
             previous_manifest=manifest,
             on_progress=progress,
             progress_interval=args.progress_interval,

@@ -1,15 +1,17 @@
 """An S3-compatible server on 127.0.0.1 for tests and benchmarks: moto in server mode, in its own process.
 
-`serve_s3()` starts ``python -m moto.server`` on a free port and stops it afterwards. The server
-records every request it serves (method, URL) to a file once `S3Server.start_recording` is called, so
-a test can count the PUTs a run made. Nothing is mocked on the client side: boto3, s3fs and DuckDB
-talk HTTP to it exactly as to S3 or MinIO (``AWS_ENDPOINT_URL``).
+`serve_s3()` starts ``python -m moto.server`` on a free port and stops it afterwards. The server's
+access log (one line per request, written by its HTTP server) goes to a file, so a test can count the
+PUTs a run made (`S3Server.start_recording` / `stop_recording`). moto's own request recorder is not
+used: its threads append whole request bodies to one file without a lock, and under concurrent PUTs
+the entries interleave. Nothing is mocked on the client side: boto3, s3fs and DuckDB talk HTTP to it
+exactly as to S3 or MinIO (``AWS_ENDPOINT_URL``).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,12 +24,15 @@ from pathlib import Path
 
 import httpx
 
+_ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3})')
 
-@dataclass(frozen=True)
+
+@dataclass
 class S3Server:
     endpoint: str
-    recording: Path
+    log: Path
     pid: int
+    _mark: int = 0
 
     def environment(self) -> dict[str, str]:
         """The standard AWS variables that point a client at this server (moto accepts any key)."""
@@ -39,16 +44,25 @@ class S3Server:
         }
 
     def start_recording(self) -> None:
-        """Forget the requests recorded so far and record from now on."""
-        httpx.post(f"{self.endpoint}/moto-api/recorder/reset-recording").raise_for_status()
-        httpx.post(f"{self.endpoint}/moto-api/recorder/start-recording").raise_for_status()
+        """Count requests from now on (marks the end of the access log)."""
+        self._mark = self.log.stat().st_size
 
     def stop_recording(self) -> list[tuple[str, str]]:
-        """(method, URL path) of each request since `start_recording`."""
-        httpx.post(f"{self.endpoint}/moto-api/recorder/stop-recording").raise_for_status()
-        text = self.recording.read_text() if self.recording.exists() else ""
-        entries = (json.loads(line) for line in text.splitlines() if line)
-        return [(e["method"], e["url"].split("://", 1)[-1].split("/", 1)[-1]) for e in entries]
+        """(method, path with query, without the leading /) of each request since `start_recording`."""
+        # The server logs a request once its response is sent: a marker request, logged after every
+        # request the client had already seen answered, tells when the log has caught up.
+        marker = f"/moto-api/?inat-log-marker={time.monotonic_ns()}"
+        httpx.get(self.endpoint + marker)
+        deadline = time.monotonic() + 10
+        while True:
+            with open(self.log, "rb") as log:
+                log.seek(self._mark)
+                text = log.read().decode("utf-8", "replace")
+            if marker in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        found = [m.groups() for m in map(_ACCESS_LINE.search, text.splitlines()) if m]
+        return [(method, path.lstrip("/")) for method, path, _status in found if not path.startswith("/moto-api/")]
 
     def cpu_seconds(self) -> float:
         """CPU time the server process has used so far (user + system, from /proc)."""
@@ -69,12 +83,11 @@ def serve_s3(workdir: Path | None = None, start_timeout: float = 30.0) -> Iterat
         folder = Path(workdir or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        recording = folder / "moto-requests.jsonl"
         log_path = folder / "moto-server.log"
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)},
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdout=log,
                 stderr=log,
             )
@@ -89,7 +102,7 @@ def serve_s3(workdir: Path | None = None, start_timeout: float = 30.0) -> Iterat
                         if server.poll() is not None or time.monotonic() > deadline:
                             raise RuntimeError(f"moto server did not start: {log_path.read_text()}") from None
                         time.sleep(0.1)
-                yield S3Server(endpoint, recording, server.pid)
+                yield S3Server(endpoint, log_path, server.pid)
             finally:
                 server.terminate()
                 try:

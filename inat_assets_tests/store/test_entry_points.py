@@ -23,6 +23,7 @@ from inat_assets.instance import default_dagster_home
 from inat_assets.resources import DataStoreResource
 from inat_assets.storage import DataStore, store_path
 from inat_assets.store import Location
+from inat_assets.testing.mirror import serve_mirror, served_bytes
 
 
 @pytest.fixture
@@ -109,18 +110,31 @@ def test_photos_and_report_read_the_store(
     _nothing_local(empty_cwd)
 
 
-def test_download_images_reads_a_fetch_list_on_the_store_and_refuses_a_store_output(
+def test_download_images_reads_and_writes_the_store(
     empty_cwd: Path, s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(pa.table({"photo_id": pa.array([], pa.int64()), "url": pa.array([], pa.string())}), buffer)
-    boto3.client("s3").put_object(Bucket=s3_bucket, Key="lists/fetch.parquet", Body=buffer.getvalue())
-    out = tmp_path / "photos"
-    code = download_images.main(["--parquet", f"s3://{s3_bucket}/lists/fetch.parquet", "--output", str(out), "--quiet"])
-    assert code == 0 and (out / "manifest.parquet").is_file()
-    assert download_images.main(["--parquet", f"s3://{s3_bucket}/lists/nothing.parquet", "--output", str(out)]) == 2
+    s3 = boto3.client("s3")
+    with serve_mirror(("127.0.0.1",)) as mirror:
+        ids = [1_000_001, 1_000_002, 2_500_003]
+        table = pa.table({"photo_id": ids, "url": [mirror.url(i) for i in ids]})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        s3.put_object(Bucket=s3_bucket, Key="lists/fetch.parquet", Body=buffer.getvalue())
+        fetch, out = f"s3://{s3_bucket}/lists/fetch.parquet", f"s3://{s3_bucket}/photos"
+        argv = ["--parquet", fetch, "--output", out, "--batch-span", "1000000", "--allow-host", "127.0.0.1:*", "--quiet"]
+        assert download_images.main(argv) == 0
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="photos/")["Contents"]}
+        assert keys == {"photos/batches.json", "photos/manifest.parquet", "photos/batch-000001/1000001.jpg",
+                        "photos/batch-000001/1000002.jpg", "photos/batch-000002/2500003.jpg"}  # fmt: skip
+        assert s3.get_object(Bucket=s3_bucket, Key="photos/batch-000002/2500003.jpg")["Body"].read() == served_bytes(
+            2_500_003, "original", "jpg"
+        )
+        hits = mirror.total_hits
+        assert download_images.main(argv) == 0 and mirror.total_hits == hits  # the rerun finds them on the store
+    assert "cached 3" in capsys.readouterr().err
+    assert download_images.main(["--parquet", f"s3://{s3_bucket}/lists/nothing.parquet", "--output", str(tmp_path)]) == 2
     assert "nothing.parquet: no such file" in capsys.readouterr().err
-    assert download_images.main(["--parquet", str(out / "manifest.parquet"), "--output", f"s3://{s3_bucket}/x"]) == 2
-    assert "download-images writes to a local folder" in capsys.readouterr().err
-    assert isinstance(store_path(f"s3://{s3_bucket}/lists/fetch.parquet"), Location)
+    assert download_images.main(["--parquet", fetch, "--output", "https://example.org/x"]) == 2
+    assert "read-only" in capsys.readouterr().err
+    assert isinstance(store_path(fetch), Location)
     _nothing_local(empty_cwd)

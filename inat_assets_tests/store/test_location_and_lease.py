@@ -100,3 +100,13 @@ def test_a_dead_holders_lease_expires_and_is_taken_over_a_live_one_is_renewed(st
     with pytest.raises(LockedError, match="live"):
         lease(key, purpose="intruder", seconds=0.8)
     live.release()
+
+
+def test_the_batch_fill_sensors_record_of_outdated_batches_reads_from_the_store(store: DataStore) -> None:
+    from inat_assets.batches import read_outdated, write_outdated
+
+    record = store.outdated_batches("plants")
+    assert read_outdated(record) == ([], 0.0)  # no record yet
+    write_outdated(record, ["batch-000003", "batch-000007"])
+    keys, written_at = read_outdated(DataStore.from_setting(store.url).outdated_batches("plants"))
+    assert keys == ["batch-000003", "batch-000007"] and abs(written_at - time.time()) < 60

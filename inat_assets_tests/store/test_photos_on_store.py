@@ -94,9 +94,12 @@ def test_batches_download_onto_the_store_and_a_rerun_fetches_and_rewrites_no_pho
     assert _objects(s3_bucket, f"inat/photos/original/{key}/") == stored  # same ETags and LastModified
     photo_writes = [w for w in _writes(requests) if "/photos/" in w]
     assert photo_writes == []
-    listings = [p for m, p in requests if m == "GET" and "list-type=2" in p and f"photos%2Foriginal%2F{key}" in p]
+    listings = [p for m, p in requests if m == "GET" and "list-type=2" in p and f"prefix=inat/photos/original/{key}/" in p]
     assert len(listings) == 1  # that batch's prefix, once; never the whole bucket
     assert not [p for m, p in requests if m == "GET" and "list-type=2" in p and "prefix=&" in p + "&"]
+    # Each stored photo costs one HEAD (size and pixel size from its metadata); none is downloaded.
+    photo_requests = [(m, p.split("?")[0]) for m, p in requests if f"/photos/original/{key}/" in p.split("?")[0]]
+    assert sorted(photo_requests) == sorted(("HEAD", f"{s3_bucket}/{k}") for k in stored)
     # What the rerun did write: the manifest (and the leases that guard it), nothing else.
     written = {w.split("?")[0] for w in _writes(requests)}
     assert {w for w in written if "manifests" in w and "lock" not in w} == {
@@ -118,3 +121,41 @@ def test_batches_download_onto_the_store_and_a_rerun_fetches_and_rewrites_no_pho
     )  # fmt: skip
     assert third["ok"] == 3 and third["already_on_disk"] == len(photos) - 3
     assert set(_objects(s3_bucket, f"inat/photos/original/{key}/")) == set(stored)
+
+
+def test_objects_copied_in_by_another_tool_are_checked_and_broken_ones_replaced(s3_bucket: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from inat_assets.download.files import check_image
+    from inat_assets.download.object_writer import ObjectWriter, photo_writer
+    from inat_assets.download.writer import LocalWriter
+
+    s3 = boto3.client("s3")
+    good, other = served_bytes(11, "medium", "jpg"), served_bytes(12, "medium", "png")
+    prefix = "inat/photos/medium/batch-000000"
+    s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/11.jpg", Body=good)  # no pixel-size metadata
+    s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/12.png", Body=other)
+    s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/13.jpg", Body=good[: len(good) // 2])  # cut short
+    s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/notes.txt", Body=b"not a photo")
+    folder_location = DataStore.from_setting(f"s3://{s3_bucket}/inat").photos_dir("medium", "batch-000000")
+    writer = photo_writer(folder_location)
+    assert isinstance(writer, ObjectWriter) and isinstance(photo_writer(tmp_path), LocalWriter)
+    folder = writer.folder(folder_location)
+
+    async def run() -> tuple:
+        ids = await writer.list_ids(folder)
+        found = [await writer.check(folder, i, None) for i in (11, 12, 13)]
+        wrong_size = await writer.check(folder, 12, len(other) + 1)
+        await writer.aclose()
+        return ids, found, wrong_size
+
+    ids, (eleven, twelve, thirteen), wrong_size = asyncio.run(run())
+    assert ids == {11, 12, 13}
+    expected = check_image(good)
+    assert eleven is not None and (eleven.uri, eleven.size, eleven.width, eleven.height) == (
+        f"{folder}/11.jpg", len(good), expected.width, expected.height  # type: ignore[union-attr]
+    )
+    assert twelve is not None and twelve.ext == "png"
+    assert thirteen is None and wrong_size is None  # both removed so that a download replaces them
+    left = {o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["Contents"]}
+    assert left == {"11.jpg", "notes.txt"}

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import boto3
 import duckdb
-import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -65,15 +64,8 @@ def _read(bucket: str, key: str) -> bytes:
 
 
 def _stop_recording(server: S3Server) -> list[dict]:
-    """The requests recorded since start_recording, in the order served. moto's recorder sometimes
-    writes two entries on one line when requests run concurrently, so the file is read as a
-    sequence of JSON values rather than as lines."""
-    httpx.post(f"{server.endpoint}/moto-api/recorder/stop-recording").raise_for_status()
-    text, decoder, entries, at = server.recording.read_text(), json.JSONDecoder(), [], 0
-    while (at := len(text) - len(text[at:].lstrip())) < len(text):
-        entry, at = decoder.raw_decode(text, at)
-        entries.append({"method": entry["method"], "url": entry["url"]})
-    return entries
+    """The requests served since start_recording, in the order served (from the server's access log)."""
+    return [{"method": method, "url": path} for method, path in server.stop_recording()]
 
 
 def place_world(world: World, store: DataStore, batches: list[str] | None = None) -> None:
