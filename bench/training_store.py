@@ -14,7 +14,7 @@ alternating local and store rounds, each in a fresh DuckDB connection:
 - wall time, and wall time per stage (the build's own laps: select, splits, index, attribution,
   imagefolder, webdataset, coco, plots).
 
-One extra store round counts the requests in the server's log, by kind. Medians over rounds;
+One extra store round counts the requests in the server's access log (S3Server.stop_recording), by kind. Medians over rounds;
 ratios store / local. moto on loopback has no network latency, so against real S3 each request
 adds a round trip: the requests counts say how many (concurrent windows of 64 hide most of them).
 The machine is shared (2 cores, other agents): wall times are noisy, CPU seconds less so.
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import shutil
 import statistics
 import tempfile
@@ -115,28 +114,21 @@ def measure(server: S3Server, run: object) -> tuple[float, float, float, dict]:
     return time.process_time() - cpu, server.cpu_seconds() - server_cpu, time.perf_counter() - wall, stages
 
 
-def requests(log: Path, since: int) -> Counter:
-    """Requests the server logged after byte ``since`` of its log, by kind (moto's recorder, which
-    keeps every body, slowed a build tenfold; the request log costs nothing)."""
+def requests(served: list[tuple[str, str]]) -> Counter:
+    """The requests the server logged (S3Server.stop_recording), by kind."""
     kinds: Counter = Counter()
-    with open(log, "rb") as fh:
-        fh.seek(since)
-        for line in fh.read().decode(errors="replace").splitlines():
-            match = re.search(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP', line)
-            if not match:
-                continue
-            method, url = match.groups()
-            if method == "PUT" and "/imagefolder/" in url and not url.endswith(".jsonl"):
-                kind = "PUT copy (photo)"
-            elif "?delete" in url:
-                kind = "POST bulk delete"
-            elif method == "GET" and ("list-type" in url or "delimiter" in url or "prefix=" in url):
-                kind = "GET list"
-            elif "partNumber" in url or "uploads" in url or "uploadId" in url:
-                kind = f"{method} multipart"
-            else:
-                kind = f"{method} object"
-            kinds[kind] += 1
+    for method, url in served:
+        if method == "PUT" and "/imagefolder/" in url and not url.endswith(".jsonl"):
+            kind = "PUT copy (photo)"
+        elif "?delete" in url:
+            kind = "POST bulk delete"
+        elif method == "GET" and ("list-type" in url or "delimiter" in url or "prefix=" in url):
+            kind = "GET list"
+        elif "partNumber" in url or "uploads" in url or "uploadId" in url:
+            kind = f"{method} multipart"
+        else:
+            kind = f"{method} object"
+        kinds[kind] += 1
     return kinds
 
 
@@ -192,11 +184,9 @@ def main() -> int:
             runs["store"].append(measure(server, lambda: build(workdir, store)))
         per_request = request_costs(server, store, args.image_bytes)
         _remove(store)
-        log = Path(tmp) / "moto" / "moto-server.log"
-        since = log.stat().st_size
+        server.start_recording()
         build(workdir, store)
-        time.sleep(0.5)  # the server's last log lines
-        kinds = requests(log, since)
+        kinds = requests(server.stop_recording())
 
     def med(kind: str, i: int) -> float:
         return statistics.median(r[i] for r in runs[kind])
