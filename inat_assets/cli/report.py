@@ -1,7 +1,8 @@
 """`inat-assets report DATASET`: the summary of a dataset's training dataset, in the terminal.
 
-Reads ``datasets/<name>/training/summary.json`` under INAT_DATA_DIR (default ./data) or --data-dir,
-as the last `<name>/training_dataset` materialization wrote it: coverage of the fetch list, splits,
+Reads ``datasets/<name>/training/summary.json`` under INAT_DATA_DIR (default ./data) or --data-dir, a
+folder or a store URL (s3://bucket/prefix), as the last `<name>/training_dataset` materialization wrote
+it (last of all its files, so what it describes is complete): coverage of the fetch list, splits,
 classes, licences, what was dropped and why, the exports and where the card and plots are.
 """
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-_ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3})')
+# werkzeug colours the lines of some statuses (206 ranged GETs, 204 DELETEs...) with ANSI codes.
+_ACCESS_LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP/[0-9.]+(?:\x1b\[[0-9;]*m)*" (\d{3})')
 
 
 @dataclass

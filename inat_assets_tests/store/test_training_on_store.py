@@ -27,13 +27,23 @@ from inat_assets.cli.main import main as cli_main
 from inat_assets.errors import TrainingDatasetError
 from inat_assets.storage import DataStore
 from inat_assets.store import Location
+from inat_assets.testing.mirror import MirrorServer, serve_mirror
+from inat_assets.testing.sample import SampleArchiveInfo
 from inat_assets.training import TrainingDatasetResult, TrainingOptions, build_training_dataset, summary_text
 from inat_assets.training.report import load_result
-from inat_assets_tests.conftest import dataset, dataset_assets, metadata, settings_for
+from inat_assets_tests.conftest import (
+    TABLE_ASSETS,
+    TABLE_CHECKS,
+    dataset,
+    dataset_assets,
+    metadata,
+    settings_for,
+)
 from inat_assets_tests.store.conftest import S3Server
 from inat_assets_tests.training.world import World, make_world
 
 SIZE = "original"
+SPAN = 200  # sample_48's plant photos fall into several batches
 OPTIONS = {
     "mini_per_class": 2,
     "licences": {"preset": "research", "share_alike": True},
@@ -205,23 +215,49 @@ def test_resized_exports_and_dimensions_read_from_the_photos_on_the_store(s3_buc
         assert any(m.name.endswith(".jpg") for m in tar.getmembers())
 
 
-def test_the_asset_and_report_on_a_store(on_store: OnStore, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def _graph(archive: Path, data_dir: str | Path, mirror: MirrorServer, scratch: Path) -> tuple[dict, str]:
+    """The whole graph for plants, every image batch downloaded from the mirror, then the training
+    dataset: its metadata, and the card as written."""
     plants = dataset_assets(dataset("plants", training=OPTIONS))
-    resources = settings_for(tmp_path / "archive.zip", on_store.url, scratch_dir=str(on_store.scratch))  # type: ignore[arg-type]
-    result = materialize([plants.training_dataset], resources=resources, instance=DagsterInstance.ephemeral())
-    meta = metadata(result, "plants/training_dataset")
-    assert str(meta["path"]) == f"{on_store.url}/datasets/plants/training" and meta["dagster/row_count"] > 0
-    assert str(meta["plot_split_sizes"]).startswith("![split_sizes](data:image/png;base64,")
-    card = _read(on_store.bucket, on_store.prefix + "README.md").decode()
-    assert "## Source" in card and f"{meta['dagster/row_count']:,} photos" in card
+    resources = settings_for(
+        archive, data_dir, photo_mirror=mirror.base_url(), allowed_hosts="127.0.0.1", batch_span=SPAN,  # type: ignore[arg-type]
+        scratch_dir=str(scratch),
+    )  # fmt: skip
+    instance = DagsterInstance.ephemeral()
+    materialize([*TABLE_ASSETS, *TABLE_CHECKS, plants.fetch_parquet, plants.check], resources=resources, instance=instance)
+    for key in instance.get_dynamic_partitions(plants.partitions):
+        materialize([plants.image_batches], partition_key=key, resources=resources, instance=instance)
+    result = materialize([plants.training_dataset], resources=resources, instance=instance)
+    return metadata(result, "plants/training_dataset"), load_result(DataStore.from_setting(str(data_dir)).training_dir("plants")).card.read_text()
 
-    assert cli_main(["report", "plants", "--data-dir", on_store.url]) == 0
+
+def test_the_graph_on_a_store_downloads_then_builds_the_same_training_dataset_and_report_reads_it(
+    sample_48: SampleArchiveInfo, s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"s3://{s3_bucket}/inat"
+    with serve_mirror(("127.0.0.1",)) as mirror:
+        meta, card = _graph(sample_48.path, url, mirror, tmp_path / "scratch")
+        local_meta, local_card = _graph(sample_48.path, tmp_path / "local", mirror, tmp_path / "local-scratch")
+    assert str(meta["path"]) == f"{url}/datasets/plants/training" and meta["dagster/row_count"] > 0
+    same = ("dagster/row_count", "classes", "train_photos", "val_photos", "test_photos", "usable_photos", "drops", "licences", "exports")
+    assert {k: meta[k] for k in same} == {k: local_meta[k] for k in same}
+    assert str(meta["plot_split_sizes"]).startswith("![split_sizes](data:image/png;base64,")
+    # The photos the download engine put on the store are the ones exported, byte for byte.
+    prefix = "inat/datasets/plants/training/"
+    objects, disk = store_files(s3_bucket, prefix), local_files(tmp_path / "local" / "datasets" / "plants" / "training")
+    disk.pop(".lock")
+    assert set(objects) == set(disk)
+    assert {k for k in disk if disk[k] != objects[k]} <= {"dataset.parquet", "summary.json", "README.md"} | {
+        k for k in disk if k.startswith("plots/")
+    }
+    assert card.split("## Selection")[1] == local_card.split("## Selection")[1]  # the archive's lines differ
+
+    assert cli_main(["report", "plants", "--data-dir", url]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == summary_text(on_store.store.training_dir("plants")).strip()
-    assert f"Training dataset in {on_store.url}/datasets/plants/training" in out
-    assert f"under {on_store.url}/datasets/plants/training/webdataset" in out
-    recorded = load_result(on_store.store.training_dir("plants"))
-    assert isinstance(recorded.card, Location) and recorded.card.read_text() == card
+    assert out.strip() == summary_text(DataStore.from_setting(url).training_dir("plants")).strip()
+    assert f"Training dataset in {url}/datasets/plants/training" in out and f"under {url}/datasets/plants/training/webdataset" in out
+    recorded = load_result(DataStore.from_setting(url).training_dir("plants"))
+    assert isinstance(recorded.attribution, Location)
     with io.StringIO(recorded.attribution.read_text()) as fh:
         assert len(list(csv.DictReader(fh))) == meta["dagster/row_count"]
-    assert json.loads(_read(on_store.bucket, on_store.prefix + "summary.json"))["rows"] == meta["dagster/row_count"]
+    assert json.loads(_read(s3_bucket, prefix + "summary.json"))["rows"] == meta["dagster/row_count"]

@@ -32,6 +32,7 @@ from inat_assets.dwca.convert import sql_string
 from inat_assets.errors import StorageError, TrainingDatasetError
 from inat_assets.storage import StorePath, list_dir, store_path
 from inat_assets.store import Location, open_filesystem, split_url
+from inat_assets.store.location import _is_s3 as is_s3  # the store seam's test for S3 (private there)
 from inat_assets.training.options import ResizeOptions
 
 READ_BATCH_ROWS = 2048
@@ -140,8 +141,9 @@ def _fetch(window: list[dict]) -> list[bytes]:
             filesystems[id(where[0])] = where[0]
             remote.setdefault(id(where[0]), []).append((i, where[1]))
     for fs_id, items in remote.items():
-        # cat_ranges, not cat: cat expands glob characters in keys; whole objects (start/end None).
-        results = filesystems[fs_id].cat_ranges([k for _, k in items], None, None, on_error="return")
+        # cat_ranges, not cat: cat expands glob characters in keys. From byte 0 to the end rather than
+        # start=None: s3fs sends a HEAD for the size before each whole-object GET (2 requests a photo).
+        results = filesystems[fs_id].cat_ranges([k for _, k in items], 0, None, on_error="return")
         for (i, _), result in zip(items, results, strict=True):
             if isinstance(result, FileNotFoundError):
                 raise missing_photo(window[i], result) from result
@@ -336,8 +338,7 @@ class StoreExportFolder(ExportFolder):
         fs = self.final.fs
         if self._copies:
             try:
-                # Two lists: no glob expansion of the keys; fsspec runs the copies concurrently.
-                fs.copy([c[0] for c in self._copies], [c[1] for c in self._copies])
+                server_side_copy(fs, [(c[0], c[1]) for c in self._copies])
             except FileNotFoundError as exc:
                 gone = next((row for source, _, row in self._copies if not fs.exists(source)), self._copies[0][2])
                 raise missing_photo(gone, exc) from exc
@@ -362,6 +363,26 @@ class StoreExportFolder(ExportFolder):
 
 
 WRITTEN_KEYS = ".written-keys"
+
+
+def server_side_copy(fs: AbstractFileSystem, pairs: list[tuple[str, str]]) -> None:
+    """Copy objects within the store, all of ``pairs`` (source key, target key) at once.
+
+    On S3 one CopyObject each, sent from a thread per copy: s3fs's own copy first sends a HEAD for
+    the source's size (2 requests a photo; the build listed every photo already). Other stores:
+    fsspec's copy (two lists: no glob expansion of the keys).
+    """
+    if not is_s3(fs):
+        fs.copy([a for a, _ in pairs], [b for _, b in pairs])
+        return
+
+    def copy(pair: tuple[str, str]) -> None:
+        (source_bucket, source_key), (bucket, key) = (p.split("/", 1) for p in pair)
+        fs.call_s3("copy_object", Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
+
+    with ThreadPoolExecutor(min(len(pairs), STORE_WINDOW), thread_name_prefix="store-copy") as pool:
+        for _ in pool.map(copy, pairs):
+            pass
 
 
 def delete_stale(final: Location, written: Path) -> int:
