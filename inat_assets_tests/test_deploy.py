@@ -11,8 +11,9 @@ No Docker daemon, no Kubernetes and no `helm` binary here. So:
 - the K8sRunLauncher is built from that config (with a kubeconfig file instead of the in-cluster one) and
   makes the Kubernetes Job of a batch run whose tags come from the product's own batch-fill sensor, so
   the pod resources of `INAT_BATCH_K8S_CONFIG` are those of a real Job object;
-- the build context the Dockerfile copies is installed as the Dockerfile does, and the chart's
-  `dagster api grpc` command with the values' arguments serves `inat_assets.definitions` from it.
+- the build context the Dockerfile copies is installed as the Dockerfile does (a normal install, the
+  sources removed), and the chart's `dagster api grpc` command with the values' arguments serves
+  `inat_assets.definitions` from that install.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ import jsonschema
 import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRun, instance_for_test
+from dagster._api.list_repositories import sync_list_repositories_grpc
 from dagster._config import process_config
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
+from dagster._grpc.client import DagsterGrpcClient
 from dagster._serdes.config_class import ConfigurableClassData
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
@@ -56,6 +59,7 @@ from inat_assets.automation import (
 )
 from inat_assets.errors import InatAssetsError
 from inat_assets.resources import DataStoreResource, inat_resources
+from inat_assets_tests.test_wheel_install import copy_project_sources, installed_graph
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -477,29 +481,35 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
     instructions = dockerfile_instructions()
     copies = [args.split() for op, args in instructions if op == "COPY"]
     assert copies, "the Dockerfile copies nothing"
+    (install,) = [args for op, args in instructions if op == "RUN" and "pip install" in args]
+    # A normal install (not `-e`) of the folder the sources are copied to, which is then removed.
+    build_dir = re.fullmatch(r'pip install "(/[^"\[]+)\[deploy\]" && rm -rf (\S+) && .*', install)
+    assert build_dir, f"not a normal install of the copied sources, then removed: {install}"
+    assert build_dir[1] == build_dir[2]
+    (workdir,) = [args for op, args in instructions if op == "WORKDIR"]
+    assert not Path(build_dir[1]).is_relative_to(workdir), "sources in the working directory shadow the install"
     context = tmp_path / "context"
     context.mkdir()
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    for *sources, _dest in copies:
+    for *sources, dest in copies:
+        # Each source lands at <build dir>/<its name>: the layout the package build expects.
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
             assert source.rstrip("/") in kept, f"COPY {source}: excluded by Dockerfile.dockerignore"
-            if (REPO / source).is_dir():
-                shutil.copytree(REPO / source, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            else:
-                shutil.copy2(REPO / source, context / source)
-    (install,) = [args for op, args in instructions if op == "RUN" and "pip install" in args]
-    assert '-e ".[deploy]"' in install
+            landed = Path(dest) / source if dest.endswith("/") else Path(dest)
+            assert landed == Path(build_dir[1]) / source, f"COPY {source} {dest}: not at {build_dir[1]}/{source}"
+        copy_project_sources(context, tuple(sources))
 
-    # The Dockerfile's install of exactly that context (editable, as there), into a folder of its own;
+    # The Dockerfile's install of exactly that context (not editable, as there) into a folder of its own;
     # the dependencies are this venv's (the deploy extra is pinned to them, tested above).
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), "-e", "."],
-        cwd=context, check=True, timeout=300,
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(context)],
+        check=True, timeout=300,
     )  # fmt: skip
     assert list(target.glob("inat_assets-*.dist-info")), "the build context did not install"
+    shutil.rmtree(context)  # the Dockerfile's rm -rf
 
     deployment = code_deployment(values)
     (cmd,) = [json.loads(args) for op, args in instructions if op == "CMD"]
@@ -511,10 +521,10 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
     command[command.index("-p") + 1], command[command.index("-h") + 1] = str(port), "127.0.0.1"
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INAT_", "DAGSTER_HOME"))}
-    # The editable install points `inat_assets` at the context folder (/opt/dagster/app in the image); on
-    # PYTHONPATH it is found before this venv's own editable copy of the repository.
-    env.update(PYTHONPATH=str(context), DAGSTER_HOME=str(tmp_path / "home"), INAT_DATA_DIR=str(tmp_path / "data"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INAT_", "DAGSTER_HOME", "PYTHONPATH"))}
+    # The install in site-packages (here the target folder, first on PYTHONPATH, before this venv's
+    # editable copy of the repository), started from an empty working directory as in the image.
+    env.update(PYTHONPATH=str(target), DAGSTER_HOME=str(tmp_path / "home"), INAT_DATA_DIR=str(tmp_path / "data"))
     (tmp_path / "home").mkdir()
     log = tmp_path / "grpc.log"
     with open(log, "wb") as out:
@@ -526,15 +536,13 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
             assert server.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the code server did not answer in 180 s\n" + log.read_text()[-3000:]
             time.sleep(1)
-        # The server loaded the context's copy, with every declared dataset's assets.
-        probe = subprocess.run(
-            [sys.executable, "-c", "import inat_assets.definitions as d, inat_assets; print(inat_assets.__file__); "
-             "print(','.join(sorted(k.to_user_string() for k in d.defs.resolve_all_asset_keys())))"],
-            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=True,
-        )  # fmt: skip
-        location, keys = probe.stdout.strip().splitlines()[-2:]
-        assert Path(location).is_relative_to(context)
-        assert {"plants/image_batches", "fungi_open/image_batches", "observations_parquet"} <= set(keys.split(","))
+        # The server loaded the code (a load error would come back here instead of the repository) ...
+        (symbol,) = sync_list_repositories_grpc(DagsterGrpcClient(port=port, host="127.0.0.1")).repository_symbols
+        assert symbol.repository_name == "__repository__"
+        # ... from the installed copy, with every declared dataset's assets.
+        location, keys = installed_graph(target, elsewhere)
+        assert location.is_relative_to(target)
+        assert {"plants/image_batches", "fungi_open/image_batches", "observations_parquet"} <= keys
     finally:
         server.terminate()
         try:
