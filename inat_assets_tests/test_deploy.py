@@ -338,7 +338,11 @@ def test_pool_and_run_limits_follow_the_packaged_ones_rule(values: dict[str, Any
             assert settings.pool_config.pool_granularity.value == "run"
             limits.append(pool)
     assert limits == [3, 16]  # the cluster's is larger: the budgets are shared, not multiplied
-    assert int(deployment_env(values)["INAT_BATCH_RUNS_IN_FLIGHT"]) >= limits[1]
+    in_flight = int(deployment_env(values)["INAT_BATCH_RUNS_IN_FLIGHT"])
+    assert in_flight >= limits[1]
+    # docs/running-at-scale.md states the cluster's three numbers.
+    row = f"| cluster (`deploy/values.yaml`) | {limits[1] + 1} | {limits[1]} | {in_flight} |"
+    assert row in (REPO / "docs" / "running-at-scale.md").read_text()
 
 
 def test_the_charts_instance_gives_the_downloads_its_own_database_as_their_shared_budget(
@@ -491,8 +495,8 @@ def batch_download_processes(cpu_limit: str, tmp_path: Path, monkeypatch: pytest
     (cgroup / "kubepods" / "pod1" / "cpu.max").write_text(f"{quota} 100000\n")
     proc = tmp_path / "proc_self_cgroup"
     proc.write_text("0::/kubepods/pod1\n")
-    in_pod = download_config.available_cores
-    monkeypatch.setattr(download_config, "available_cores", lambda: in_pod(str(cgroup), str(proc)))
+    # Its defaults name the real /sys/fs/cgroup and /proc/self/cgroup; worker_processes calls it without arguments.
+    monkeypatch.setattr(download_config.available_cores, "__defaults__", (str(cgroup), str(proc)))
     monkeypatch.setattr(download_config.os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
     return download_config.DownloadConfig().worker_processes(None)
 
