@@ -45,7 +45,16 @@ __all__ = [
     "record_span",
 ]
 
-DEFAULT_PHOTOS_PER_BATCH = 50_000
+# Photos per batch when the span is chosen here. Each batch is one Dagster run, and a run costs a fixed
+# 4-14 s (a fresh process importing Dagster and loading the definitions: ~3.3 s CPU; twice that under
+# the default multiprocess executor, whose step runs in a second process; plus its events), measured by
+# bench/dagster_overhead.py against the engine's own time on the local mirror at 50 ms. At 50,000
+# photos that was 4 % (in-process executor, the batch-fill sensor's runs) to 10 % (multiprocess) of a
+# batch; the goal is at most 2 %. 250,000 brings both to 1-2 %, while a batch's bookkeeping stays
+# small: the previous manifest (~90 B per photo) and the folder's id set (~60 B) are ~40 MB at 250k,
+# ~95 MB at the 2.5x that rounding the span up to 1/2/5 x 10^k ids can give.
+# Existing data directories keep the span recorded in their batches.json.
+DEFAULT_PHOTOS_PER_BATCH = 250_000
 BATCHES_FILE = "batches.json"  # the span of a folder of batch folders, next to them
 
 

@@ -75,7 +75,7 @@ class DataStoreResource(_SettingsFromEnv):
         default=0,
         ge=0,
         description=(
-            "Photo ids per image batch; 0 = sized for about 50k photos. Fixed at the first fetch list "
+            "Photo ids per image batch; 0 = sized for about 250k photos. Fixed at the first fetch list "
             "of any dataset (kept in <data_dir>/batches.json) and shared by all datasets (INAT_BATCH_SPAN)."
         ),
     )
@@ -99,9 +99,9 @@ class DwcaResource(_SettingsFromEnv):
     csv_read_mode: str = Field(
         default="auto",
         description=(
-            "'stream' pipes each CSV member out of the zip into DuckDB (no disk for the CSV); 'extract' "
-            "inflates it to the scratch folder first so DuckDB reads it with all threads (needs the "
-            "member's size free); 'auto' extracts when there is room, else streams (INAT_CSV_READ_MODE)."
+            "'stream' pipes each CSV member out of the zip into DuckDB in chunks that DuckDB reads on "
+            "all threads while the rest inflates (no disk for the CSV); 'extract' inflates it to the "
+            "scratch folder first (needs the member's size free; slower); 'auto' streams (INAT_CSV_READ_MODE)."
         ),
     )
 
@@ -157,7 +157,9 @@ class PhotoDownloaderResource(_SettingsFromEnv):
     )
     # No ge=1 here: pydantic would check it against the EnvVar placeholder (0) when the variable is
     # set, and every definition load failed; download_config checks the resolved value instead.
-    download_concurrency: int = Field(default=64, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY).")
+    download_concurrency: int = Field(
+        default=DownloadConfig.concurrency, description="Requests in flight per batch (INAT_DOWNLOAD_CONCURRENCY)."
+    )
     photo_mirror: str = Field(
         default="",
         description=(
@@ -190,7 +192,7 @@ class PhotoDownloaderResource(_SettingsFromEnv):
         """The ledger URL handed to the engine: the setting, else the instance's ("" outside a run)."""
         return self.host_budget or self._instance_budget
 
-    def download_config(self, *, retries: int, try_other_host: bool, processes: int) -> DownloadConfig:
+    def download_config(self, *, retries: int, try_other_host: bool, processes: int | None = None) -> DownloadConfig:
         if self.download_concurrency < 1:
             raise DownloadError(
                 f"INAT_DOWNLOAD_CONCURRENCY is {self.download_concurrency}: requests in flight per batch must be 1 or more"

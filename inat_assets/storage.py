@@ -8,6 +8,7 @@ interface, which is why callers ask for paths and URIs here instead of joining s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -26,28 +27,30 @@ _UNSUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "http://
 
 
 
-def _create_beside(final: Path) -> tuple[int, Path]:
+def _create_beside(final: str) -> tuple[int, str]:
     """Create ``.<name>.<random>.part`` beside ``final`` with mode 0666 less the umask.
 
     tempfile.mkstemp would make it 0600 (and every photo, manifest and table renamed from it owner-
     only, whatever the umask); an os.fchmod afterwards costs one more system call per file. Opening
     with O_EXCL ourselves lets the kernel apply the umask, like any other new file. The random part
     comes from the ``random`` module, which is reseeded in forked children, so worker processes
-    do not draw the same names; a name that exists anyway is simply drawn again.
+    do not draw the same names; a name that exists anyway is simply drawn again. Plain strings,
+    not Paths: this runs once per downloaded photo, where pathlib's parsing showed in profiles.
     """
+    folder, name = os.path.split(final)
     while True:
-        tmp = final.parent / f".{final.name}.{random.getrandbits(40):010x}.part"
+        tmp = f"{folder}/.{name}.{random.getrandbits(40):010x}.part"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
         except FileExistsError:
             continue
 
 
-def _temporary_beside(final: Path) -> tuple[int, Path]:
+def _temporary_beside(final: str) -> tuple[int, str]:
     try:
         return _create_beside(final)
     except FileNotFoundError:  # first file in a new folder; mkdir only then (it is a syscall per file)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
         return _create_beside(final)
 
 
@@ -59,28 +62,34 @@ def atomic_path(final: Path) -> Iterator[Path]:
     (and the rerun logic that skips finished files) never mistake it for a finished file. A crash
     at any moment leaves at most a ``.part`` file, never a partial file under the final name.
     """
-    fd, tmp = _temporary_beside(final)
+    fd, tmp = _temporary_beside(os.fspath(final))
     os.close(fd)
     try:
-        yield tmp
+        yield Path(tmp)
         os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``final`` atomically (temporary file, then rename), through one descriptor."""
+def atomic_write_bytes(final: str | os.PathLike[str], data: bytes | memoryview, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``final`` atomically (temporary file, then rename), through one descriptor
+    and ``os.write`` (a file object would add an fstat and a buffer copy per file)."""
+    final = os.fspath(final)
     fd, tmp = _temporary_beside(final)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 

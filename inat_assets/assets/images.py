@@ -6,6 +6,8 @@ without a request. Each dataset has its own manifests (``datasets/<name>/manifes
 listing exactly the photos its fetch list has in that batch.
 """
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -47,18 +49,29 @@ class ImageBatchConfig(Config):
     retries: int = Field(default=5, ge=0, le=20, description="Engine retries per photo for transient failures.")
     try_other_host: bool = Field(default=True, description="On 403/404 try the other iNaturalist photo host once.")
     progress_seconds: float = Field(default=15.0, gt=0, description="Seconds between progress lines in the run log.")
-    processes: int = Field(
-        default=1,
+    processes: int | None = Field(
+        default=None,
         ge=1,
         le=64,
         description=(
-            "Worker processes for this batch's downloads. 2 was 1.5x faster on 2 cores at 50 ms latency "
-            "(bench/download.py); they draw on the instance's shared per-host budgets."
+            "Worker processes for this batch's downloads; empty: one per core available to the run "
+            "(affinity, cgroup quota), at most 4 (bench/download.py). They draw on the instance's shared "
+            "per-host budgets."
         ),
     )
 
 
-def _log_progress(context: AssetExecutionContext, key: str):
+# A second reader of batch progress in this thread, besides the run log: `inat-assets demo` sets it
+# around its in-process runs to draw one terminal bar per dataset (inat_assets.cli.progress). Unset in
+# every other run: asset bodies only log, a run worker has no terminal.
+batch_progress_observer: ContextVar[Callable[[str, Progress], None] | None] = ContextVar(
+    "batch_progress_observer", default=None
+)
+
+
+def _log_progress(context: AssetExecutionContext, key: str) -> Callable[[Progress], None]:
+    observer = batch_progress_observer.get()
+
     def log(progress: Progress) -> None:
         total = f"/{progress.total:,}" if progress.total is not None else ""
         eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
@@ -67,6 +80,8 @@ def _log_progress(context: AssetExecutionContext, key: str):
             f"{key}: {progress.done:,}{total} settled, {progress.ok:,} downloaded, {progress.skipped:,} already "
             f"on disk, {progress.failed:,} failed, {progress.rate:.0f}/s{eta}{note}"
         )
+        if observer is not None:
+            observer(key, progress)
 
     return log
 

@@ -10,9 +10,12 @@ manifests), then prints what each dataset got, where, and how to load its traini
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import duckdb
 from dagster import AssetKey, AssetsDefinition, DagsterInstance, ExecuteInProcessResult, materialize
 
 from inat_assets.assets.archive import dwca_archive
+from inat_assets.assets.images import batch_progress_observer
 from inat_assets.assets.tables import (
     media_parquet,
     media_reject_share,
@@ -29,6 +33,7 @@ from inat_assets.assets.tables import (
     unique_observation_ids,
 )
 from inat_assets.cli.photos import declared_selections
+from inat_assets.cli.progress import RunningTotal, progress_display
 from inat_assets.dwca.convert import sql_string
 from inat_assets.resources import inat_resources
 from inat_assets.storage import DataStore
@@ -86,6 +91,28 @@ def _dataset_assets(defs: Any, name: str) -> tuple[AssetsDefinition, Any, Assets
     return assets[fetch_key], checks, assets[images_key], assets[AssetKey([name, "training_dataset"])]
 
 
+@contextlib.contextmanager
+def _showing_batches(name: str, fetch_list: Path) -> Iterator[tuple[Callable[[str], None], dict]]:
+    """How the batches of one dataset show: (a function for a line of text, the batch runs' config).
+
+    On a terminal, one live bar over all of the dataset's batches, fed by the asset's progress
+    (``batch_progress_observer``) at the bar's interval; elsewhere a line per finished batch.
+    """
+    display = progress_display(sys.stdout, description=name)
+    if not display.is_bar:
+        yield print, _QUIET
+        return
+    with duckdb.connect() as con:
+        photos = con.execute(f"SELECT count(*) FROM read_parquet({sql_string(fetch_list)})").fetchone()[0]  # type: ignore[index]
+    op_config = {"config": {"progress_seconds": display.interval}}
+    token = batch_progress_observer.set(RunningTotal(int(photos), display, time.monotonic))
+    try:
+        with display:
+            yield display.message, {**_QUIET, "ops": {f"{name}__image_batches": op_config}}
+    finally:
+        batch_progress_observer.reset(token)
+
+
 def run_demo(data_dir: Path) -> int:
     from inat_assets.definitions import defs
 
@@ -119,9 +146,10 @@ def run_demo(data_dir: Path) -> int:
             _, _, images, _ = _dataset_assets(defs, name)
             keys = instance.get_dynamic_partitions(f"{name}_image_batches")
             print(f"2/3 ({step}/{len(datasets)}) {name}/image_batches: {len(keys)} partitions from {mirror.base_url()}")
-            for key in keys:
-                _run([images], instance, resources, partition_key=key, run_config=_QUIET)
-                print(f"    {name} {key} done")
+            with _showing_batches(name, store.fetch_list(name)) as (say, run_config):
+                for key in keys:
+                    _run([images], instance, resources, partition_key=key, run_config=run_config)
+                    say(f"    {name} {key} done")
         for step, name in enumerate(datasets, start=1):
             print(f"3/3 ({step}/{len(datasets)}) {name}/training_dataset -> {store.training_dir(name)}")
             _run([_dataset_assets(defs, name)[3]], instance, resources, run_config=_QUIET)

@@ -7,7 +7,8 @@ file (``foo`` = photo id, ``identifier`` = URL, optional ``format``), read in ba
 Output: ``<output>/<batch-key>/<photo_id>.<ext>`` with batch keys ``batch-NNNNNN`` = photo id //
 span, the same folders as the ``image_batches`` asset: the span recorded in ``<output>/batches.json``,
 else ``--batch-span``, else the span of the data dir the fetch list is in (its ``batches.json``), else
-a round span giving about 50,000 photos per folder; it is recorded in ``<output>/batches.json``.
+a round span giving at least 250,000 photos per folder (the image_batches default); it is recorded in
+``<output>/batches.json``.
 And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
 A rerun skips every photo already on disk and retries only failures. A photo id listed twice is
 fetched once. Rows whose photo id is unusable (text, a fraction, NaN, negative, beyond 2^63, null)
@@ -19,6 +20,7 @@ or output (unwritable or full, or in use by another download-images), 130 when i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -29,16 +31,17 @@ from typing import TextIO
 import pyarrow.parquet as pq
 
 from inat_assets.batches import span_for_folder
+from inat_assets.cli.progress import clock, progress_display
 from inat_assets.download import (
     BatchFolders,
     DownloadConfig,
     DownloadSummary,
     PhotoTask,
-    Progress,
     allowed_hosts_from_env,
     parse_photo_id,
     run_download,
 )
+from inat_assets.download.config import MAX_AUTO_PROCESSES, SMALL_RUN
 from inat_assets.download.manifest import os_error_cause
 from inat_assets.errors import InatAssetsError, InputError
 from inat_assets.photos import PHOTO_SIZES, with_size
@@ -102,44 +105,10 @@ def iter_tasks(parquet: pq.ParquetFile, id_col: str, url_col: str, fmt_col: str 
             yield PhotoTask(photo_id, with_size(str(url), size))
 
 
-class ProgressLine:
-    """One stderr line, rewritten in place on a terminal and printed anew elsewhere (logs)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-
-    def __call__(self, p: Progress) -> None:
-        if p.total:
-            filled = int(20 * min(p.done / p.total, 1.0))
-            head = f"[{'#' * filled}{'.' * (20 - filled)}] {100 * p.done / p.total:5.1f}% {p.done:,}/{p.total:,}"
-        else:
-            head = f"{p.done:,} photos"
-        eta = f" | ETA {_clock(p.eta_seconds)}" if p.eta_seconds is not None else ""
-        note = f" | {p.note}" if p.note else ""
-        line = (f"{head} | ok {p.ok:,} cached {p.skipped:,} failed {p.failed:,} | {p.rate:,.0f}/s "
-                f"| {p.bytes / 1e6:,.1f} MB{eta}{note}")
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _clock(seconds: float | None) -> str:
-    s = int(seconds or 0)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def print_summary(summary: DownloadSummary, rows: InputRows, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     c = summary.counts
-    print(f"done in {_clock(summary.seconds)}: {summary.total:,} photos, ok {c['ok']:,}, cached {c['cached']:,}, "
+    print(f"done in {clock(summary.seconds)}: {summary.total:,} photos, ok {c['ok']:,}, cached {c['cached']:,}, "
           f"failed permanently {c['failed_permanent']:,}, failed after retries {c['failed_transient']:,}; "
           f"{summary.bytes / 1e6:,.1f} MB at {summary.images_per_second:,.1f} images/s", file=stream)
     if rows.skipped:
@@ -165,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parquet", required=True, type=Path, help="fetch list (photo_id, url) or (foo, identifier)")
     parser.add_argument("--output", required=True, type=Path, help="folder for batch folders and manifest.parquet")
     parser.add_argument("--size", choices=PHOTO_SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="worker processes (default 1); more spread HTTP parsing and file writes over cores")
+    parser.add_argument("--concurrency", type=int, default=DownloadConfig.concurrency,
+                        help=f"requests in flight (default {DownloadConfig.concurrency})")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="worker processes (default: one per available core, at most "
+                             f"{MAX_AUTO_PROCESSES}; 1 for fewer than {SMALL_RUN:,} photos)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                         help="also allow this host (repeatable); base list: INAT_ALLOWED_HOSTS or the two iNat hosts")
     parser.add_argument("--retries", type=int, default=5, help="retries after a transient failure (default 5)")
@@ -175,16 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read timeout in seconds; connect gets a third of it, a whole request 4x (default 30)")
     parser.add_argument("--contact", default="", help="e-mail or URL added to the User-Agent (iNaturalist asks for one)")
     parser.add_argument("--batch-span", type=int, default=0,
-                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~50,000 photos)")
+                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~250,000 photos)")
     parser.add_argument("--no-other-host", action="store_true", help="do not try the other iNat host on 403/404")
-    parser.add_argument("--progress-interval", type=float, default=1.0, help="seconds between progress lines")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--progress-interval", type=float, default=None,
+                        help="seconds between progress updates (default: 0.2 for the bar on a terminal, 1 for lines)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or lines")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.concurrency, args.processes) < 1 or args.batch_span < 0 or args.retries < 0 or args.timeout <= 0:
+    if min(args.concurrency, args.processes or 1) < 1 or args.batch_span < 0 or args.retries < 0 or args.timeout <= 0:
         print("download-images: --concurrency, --processes and --timeout must be positive, --batch-span >= 0, "
               "--retries >= 0",
               file=sys.stderr)
@@ -218,32 +190,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"download-images: cannot record the batch span in {output}: {os_error_cause(exc)}", file=sys.stderr)
         return 2
     rows = InputRows()
-    progress = None if args.quiet else ProgressLine()
+    # A live bar when stderr is a terminal, periodic lines when it is a pipe or a log (inat_assets.cli.progress).
+    progress = None if args.quiet else progress_display(sys.stderr)
     started = time.monotonic()
     try:
-        summary = run_download(
-            iter_tasks(parquet, id_col, url_col, fmt_col, args.size, rows),
-            BatchFolders(output, span),
-            manifest,
-            config,
-            previous_manifest=manifest,
-            on_progress=progress,
-            progress_interval=args.progress_interval,
-            total=parquet.metadata.num_rows,
-        )
+        with progress or contextlib.nullcontext():  # the bar ends (cursor back) before any message below
+            summary = run_download(
+                iter_tasks(parquet, id_col, url_col, fmt_col, args.size, rows),
+                BatchFolders(output, span),
+                manifest,
+                config,
+                previous_manifest=manifest,
+                on_progress=progress,
+                progress_interval=args.progress_interval or (progress.interval if progress else 1.0),
+                total=parquet.metadata.num_rows,
+            )
     except KeyboardInterrupt:
-        if progress:
-            progress.finish()
         print(f"interrupted after {time.monotonic() - started:.0f} s; finished files are kept, "
               "rerun to continue", file=sys.stderr)
         return 130
     except InatAssetsError as exc:  # output unwritable or full, manifest in use: the message says what to do
-        if progress:
-            progress.finish()
         print(f"download-images: {exc}", file=sys.stderr)
         return 2
-    if progress:
-        progress.finish()
     print_summary(summary, rows)
     return 1 if summary.failed or rows.bad_ids else 0
 

@@ -20,15 +20,18 @@ API
 ``HostLimits(requests_per_second, bytes_per_hour, bytes_per_day)``
     Politeness for one host (None = unlimited). Budgets are per run_download call, or shared by every
     run naming the same ledger in ``DownloadConfig.host_budget`` (``inat_assets.download.host_budget``).
-``DownloadConfig(concurrency=64, allowed_hosts=INAT_PHOTO_HOSTS, host_limits=DEFAULT_HOST_LIMITS,
-retries=5, connect_timeout=10, read_timeout=30, request_deadline=120, max_bytes=50 MB,
-try_other_host=True, other_hosts=..., contact="", backoff_base=1, backoff_max=60,
-retry_after_max=300, max_redirects=5, http2=False, ca_file=None, fast_network_backend=True,
-processes=1, host_budget="")`` -- ``processes > 1`` runs worker processes (limits split between them
-unless ``host_budget`` names a shared ledger; see ``inat_assets.download.processes``).
+``DownloadConfig(concurrency=256, processes=None, allowed_hosts=INAT_PHOTO_HOSTS,
+host_limits=DEFAULT_HOST_LIMITS, retries=5, connect_timeout=10, read_timeout=30, request_deadline=120,
+max_bytes=50 MB, body_budget=None, try_other_host=True, other_hosts=..., contact="", backoff_base=1,
+backoff_max=60, retry_after_max=300, max_redirects=5, http2=False, ca_file=None, transport="aiohttp",
+fast_network_backend=True, host_budget="")`` -- ``processes=None`` picks one worker process per
+available core (at most 4; 1 for fewer than 1,000 known tasks); ``processes > 1`` runs worker
+processes (body budget and concurrency split between them, and the host limits too unless
+``host_budget`` names a shared ledger; see ``inat_assets.download.processes``).
 ``PhotoTask(photo_id, url)``
 ``DownloadJob(tasks, dest_dir, manifest_path, config=DownloadConfig(), previous_manifest=None,
-progress_interval=5.0, total=None)``: one run, picklable apart from ``tasks`` (``without_tasks()``).
+progress_interval=5.0, total=None, writer=LocalWriter())``: one run, picklable apart from ``tasks``
+(``without_tasks()``). ``writer`` is where photos go (``inat_assets.download.writer.PhotoWriter``).
 ``run(job, on_progress=None) -> DownloadSummary``: takes the lock ``.<manifest name>.lock`` beside the
 manifest (``LockedError`` naming the holder if another live run has it), removes dead runs'
 temporary manifests, sets an unreadable previous manifest aside, then runs
@@ -81,8 +84,18 @@ Behaviour
   another run on the same manifest is ``LockedError``; with processes, a worker's error is raised
   as itself in the parent. Worker processes exit within about a second when their parent dies.
 
-Performance notes are in ``inat_assets.download.network``.
+Performance notes are in ``inat_assets.download.network``, ``.writer`` and bench/download.py.
 """
+
+import sys
+
+# `import httpx` also imports its command-line tool (httpx._main), which pulls in click, rich and
+# pygments when they are installed (Dagster installs them): 6 MB of memory and 0.1 s of CPU in
+# every download worker process. A None entry makes that optional import fail at once, as
+# httpx expects when they are missing; only the `httpx` console command needs it, and it runs
+# in a process of its own. Has no effect where httpx was imported already.
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from inat_assets.download.config import (
     CACHED,
@@ -102,9 +115,19 @@ from inat_assets.download.config import (
     parse_photo_id,
 )
 from inat_assets.download.engine import DownloadJob, DownloadSummary, Progress
-from inat_assets.download.manifest import MANIFEST_SCHEMA
 from inat_assets.download.processes import BatchFolders
 from inat_assets.download.runner import run, run_download
+
+
+def __getattr__(name: str) -> object:
+    # On first use: the schema needs pyarrow, which worker processes (they import this package)
+    # never load otherwise (see manifest.py).
+    if name == "MANIFEST_SCHEMA":
+        from inat_assets.download.manifest import manifest_schema
+
+        return manifest_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CACHED",

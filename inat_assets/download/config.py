@@ -29,6 +29,8 @@ FAILED_PERMANENT = "failed_permanent"
 FAILED_TRANSIENT = "failed_transient"
 STATUSES = (OK, CACHED, FAILED_PERMANENT, FAILED_TRANSIENT)
 
+TRANSPORTS = ("aiohttp", "httpcore")
+
 
 @dataclass(frozen=True)
 class HostLimits:
@@ -66,14 +68,88 @@ DEFAULT_HOST_LIMITS: Mapping[str, HostLimits] = MappingProxyType(
 DEFAULT_OTHER_HOSTS: Mapping[str, str] = MappingProxyType({STATIC_HOST: OPEN_DATA_HOST, OPEN_DATA_HOST: STATIC_HOST})
 
 
+# Automatic worker processes (DownloadConfig.processes=None). One process downloads about 1,000
+# photos/s (bench/download.py); four are more than a 1 Gbit/s link carries at 40 KB a photo, and
+# each costs about 50 MB of memory. Starting one costs about 0.3 s of CPU, so a run known to have
+# fewer than SMALL_RUN tasks stays in one process.
+MAX_AUTO_PROCESSES = 4
+SMALL_RUN = 1_000
+
+
+def available_cores(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """Cores this process may use: its CPU affinity, lowered to a cgroup CPU quota when one is set
+    (a container given 1.5 CPUs on a 16-core host gets 2 here, not 16)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(cores, 1)
+
+
+def cgroup_cpu_quota(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """The CPU quota (in cores) of this process's cgroup and its ancestors, the tightest one; None
+    when there is none or it cannot be read. cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``)."""
+    try:
+        with open(proc_cgroup) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2: one unified tree
+            candidates = [(f"{cgroup_root}{d}/cpu.max", None) for d in _ancestors(path)]
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own tree
+            base = next((f"{cgroup_root}/{c}" for c in (controllers, "cpu,cpuacct", "cpu")
+                         if os.path.isdir(f"{cgroup_root}/{c}")), None)
+            if base is None:
+                continue
+            candidates = [(f"{base}{d}/cpu.cfs_quota_us", f"{base}{d}/cpu.cfs_period_us") for d in _ancestors(path)]
+        else:
+            continue
+        for first, period_file in candidates:
+            try:
+                with open(first) as fh:
+                    text = fh.read().split()
+                if period_file is None:  # "max 100000" or "150000 100000"
+                    if text and text[0] != "max":
+                        quotas.append(int(text[0]) / int(text[1]))
+                else:
+                    quota = int(text[0])
+                    if quota > 0:
+                        with open(period_file) as fh:
+                            quotas.append(quota / int(fh.read().strip()))
+            except (OSError, ValueError, IndexError, ZeroDivisionError):
+                continue
+    return min(quotas) if quotas else None
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b`` -> ``["/a/b", "/a", ""]``: a cgroup's folder and its parents' (the root is "")."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[:i]) if i else "" for i in range(len(parts), -1, -1)]
+
+
 @dataclass(frozen=True)
 class DownloadConfig:
     """Everything that shapes a download run. All durations are seconds."""
 
-    concurrency: int = 64  # requests in flight in total (split across processes)
-    # Worker processes. 1 runs everything on one event loop; more spread HTTP parsing, hashing and
-    # file writes over cores (see processes.py). dest_dir must then be picklable (BatchFolders).
-    processes: int = 1
+    # Requests in flight in total (split across processes). At most concurrency / latency photos
+    # per second arrive: 256 keeps that bound above 1,000/s up to 250 ms (real hosts and object
+    # stores are 20-200 ms away); per-host limits (static.inaturalist.org: 5 requests/s) still
+    # hold, the extra requests wait in the host's gate.
+    concurrency: int = 256
+    # Worker processes; None: one per core this process may use (affinity, cgroup CPU quota), at
+    # most MAX_AUTO_PROCESSES, and 1 for a run known to be small (see worker_processes). 1 runs
+    # everything on one event loop; more spread HTTP parsing, hashing and file writes over cores
+    # (processes.py); dest_dir must then be picklable (BatchFolders). Workers start with
+    # multiprocessing's "spawn", which imports the caller's main script again: a script that
+    # runs a download at its top level needs `if __name__ == "__main__":` (or processes=1).
+    processes: int | None = None
     allowed_hosts: tuple[str, ...] = INAT_PHOTO_HOSTS
     host_limits: Mapping[str, HostLimits] = field(default_factory=lambda: DEFAULT_HOST_LIMITS)
     default_limits: HostLimits = UNLIMITED  # for allowed hosts missing from host_limits
@@ -82,6 +158,9 @@ class DownloadConfig:
     read_timeout: float = 30.0  # longest silence while waiting for bytes
     request_deadline: float = 120.0  # whole request: connect, headers and body, per redirect hop
     max_bytes: int = 50 * MB
+    # Bytes of response bodies held in memory at once; None: photo_fetcher.body_budget's rule
+    # (3 MB per request in flight, at most 192 MB). Worker processes get a share of the run's.
+    body_budget: int | None = None
     try_other_host: bool = True
     other_hosts: Mapping[str, str] = field(default_factory=lambda: DEFAULT_OTHER_HOSTS)
     contact: str = ""
@@ -91,8 +170,12 @@ class DownloadConfig:
     max_redirects: int = 5
     http2: bool = False  # S3 speaks HTTP/1.1 only; static.inaturalist.org is rate-limited anyway
     ca_file: str | None = None  # extra CA bundle to trust instead of certifi's (tests, TLS-inspecting proxies)
-    # Our asyncio network backend for httpcore instead of its anyio one: about 40 % less CPU per
-    # request. False falls back to httpx's stock transport.
+    # What carries httpx's requests: "aiohttp" (its C parser and one connection pool per process)
+    # or "httpcore" (httpx's own stack, h11 in pure Python, a small pool per worker). HTTP/2
+    # (``http2=True``) needs httpcore. Measured in bench/download.py (``ours-httpcore``).
+    transport: str = "aiohttp"
+    # With transport="httpcore": our asyncio network backend for httpcore instead of its anyio
+    # one, about 40 % less CPU per request. False falls back to httpx's stock transport.
     fast_network_backend: bool = True
     # Where the per-host budgets are kept: "" = in memory, for this run alone; a ledger URL
     # (sqlite:////abs/file.db, postgresql://...) = shared with every run that names it. A string, so
@@ -100,10 +183,12 @@ class DownloadConfig:
     host_budget: str = ""
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.processes < 1:
+        if self.concurrency < 1 or (self.processes is not None and self.processes < 1):
             raise ValueError("concurrency and processes must be at least 1")
         if self.retries < 0:
             raise ValueError("retries must be 0 or more")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         # Host names compare case-insensitively; normalise once here, and refuse a malformed entry
         # now rather than when (and in whichever worker process) the run starts.
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
@@ -116,6 +201,18 @@ class DownloadConfig:
         # URL) lets them reach the operator instead of blocking the IP.
         agent = f"inat-assets/{inat_assets.__version__}"
         return f"{agent} (+{self.contact.strip()})" if self.contact.strip() else agent
+
+    def worker_processes(self, total: int | None) -> int:
+        """How many processes a run of ``total`` tasks (None: unknown) uses: ``processes`` when set."""
+        if self.processes is not None:
+            return self.processes
+        if total is not None and total < SMALL_RUN:
+            return 1
+        return max(1, min(available_cores(), MAX_AUTO_PROCESSES, self.concurrency))
+
+    @property
+    def uses_aiohttp(self) -> bool:
+        return self.transport == "aiohttp" and not self.http2
 
     def limits_for(self, host: str) -> HostLimits:
         return self.host_limits.get(host, self.default_limits)

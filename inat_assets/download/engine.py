@@ -5,13 +5,16 @@ interval, total). ``inat_assets.download.runner.run(job, on_progress)`` takes th
 it to a runner with that same signature: ``run_in_process`` here (one event loop) or
 ``inat_assets.download.processes.run_in_processes`` (worker processes, each running this module's
 loop). This module imports neither of the others.
+
+Per photo: the folder listing says whether it may be on file (``PhotoWriter.list_ids``, once per
+folder); if so ``PhotoWriter.check`` validates it; otherwise ``Fetcher.fetch`` gets it (the body
+hashed as it arrives) and ``PhotoWriter.write`` stores it, and one manifest row records it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import ssl
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -34,12 +38,10 @@ from inat_assets.download.config import (
     PhotoTask,
     parse_photo_id,
 )
-from inat_assets.download.files import find_existing, photo_ids_in, remove_stale_photo_parts
-from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest, os_error_cause
-from inat_assets.download.network import make_transport
+from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
+from inat_assets.download.network import AiohttpTransport, make_transport
 from inat_assets.download.photo_fetcher import Fetcher
-from inat_assets.errors import StorageError
-from inat_assets.storage import atomic_write_bytes
+from inat_assets.download.writer import LocalWriter, PhotoWriter
 
 log = logging.getLogger("inat_assets.download")
 
@@ -63,6 +65,7 @@ class DownloadJob:
     previous_manifest: Path | None = None  # adds a size check for photos already on disk
     progress_interval: float = 5.0  # seconds between on_progress calls
     total: int | None = None  # only for the progress ETA; len(tasks) when tasks has a length
+    writer: PhotoWriter = field(default_factory=LocalWriter)  # where the photos go (writer.py)
 
     @property
     def lock_path(self) -> Path:
@@ -201,48 +204,63 @@ _VARIABLE_PART = re.compile(r"\s*\([^)]*\d[^)]*\)")
 class _Run:
     config: DownloadConfig
     dest: DestDir
-    previous: PreviousManifest
-    writer: ManifestWriter
+    previous: PreviousLookup
+    writer: RowSink
     total: int | None
     counts: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     downloaded_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     note: str | None = None
+    photos: PhotoWriter = field(default_factory=LocalWriter)
     clean_parts: bool = True  # False in worker processes: the parent cleans each folder once
-    _folders: dict[Path, tuple[str, set[int]]] = field(default_factory=dict)
+    _folders: dict[Path, asyncio.Future[tuple[str, set[int]]]] = field(default_factory=dict)
     _ssl: ssl.SSLContext | None = None
+    _shared: httpx.AsyncBaseTransport | None = None
 
-    def folder(self, photo_id: int) -> tuple[str, set[int]]:
-        """The destination folder as a string, and the ids of the photos on file there (listed on
-        first use in this run, then kept up to date with this run's writes). Cleared of stale .part
-        files on first use. Not created here: the first photo written creates it, so a batch whose
-        every photo failed leaves no empty folder behind."""
+    async def folder(self, photo_id: int) -> tuple[str, set[int]]:
+        """The destination folder (the writer's form), and the ids of the photos there (listed on
+        first use in this run, then kept up to date with this run's writes). Cleared of stale
+        temporary files on first use. Not created here: the first photo written creates it, so a
+        batch whose every photo failed leaves no empty folder behind."""
         path = self.dest(photo_id) if callable(self.dest) else self.dest
         known = self._folders.get(path)
         if known is None:
+            # One listing per folder: workers that need it meanwhile wait for this same future.
+            # Cleaning is safe here: it runs before any worker of this run writes into the folder
+            # (they all wait for the listing), and one run at a time holds the lock.
+            known = self._folders[path] = asyncio.get_running_loop().create_future()
             try:
-                exists = path.is_dir()
-                # Safe here: this runs before any worker of this run writes into the folder (no
-                # await between the check and the removal), and one run at a time holds the lock.
-                if exists and self.clean_parts:
-                    clean_folder(path)
-                present = photo_ids_in(path) if exists else set()
-            except OSError as exc:
-                raise StorageError(f"cannot read the photo folder {path}: {os_error_cause(exc)}") from None
-            known = self._folders[path] = (str(path.resolve()), present)
+                folder = self.photos.folder(path)
+                if self.clean_parts:
+                    clean_folder(self.photos, folder)
+                known.set_result((folder, await self.photos.list_ids(folder)))
+            except BaseException as exc:
+                del self._folders[path]
+                if isinstance(exc, asyncio.CancelledError):
+                    known.cancel()
+                else:
+                    known.set_exception(exc)
+                    known.exception()  # retrieved: the waiters, if any, get it raised
+                raise
             if len(self._folders) > _LISTED_FOLDERS:
                 # Bounded memory for runs over many folders. Forgetting is safe: a folder seen
                 # again is listed again, and then also shows the files this run wrote there.
                 del self._folders[next(iter(self._folders))]
-        return known
+        return await known
 
-    def transport(self) -> httpx.AsyncHTTPTransport:
+    def transport(self) -> tuple[httpx.AsyncBaseTransport, bool]:
+        """The transport for a worker, and whether the worker owns it (and closes it when done):
+        aiohttp's pool is shared by the whole run, httpcore's are per worker (see network.py)."""
         if self._ssl is None:  # one context for all workers: loading CA certificates takes ~20 ms
             ca = self.config.ca_file
             self._ssl = ssl.create_default_context(cafile=ca) if ca else httpx.create_ssl_context()
         cfg = self.config
-        return make_transport(self._ssl, http2=cfg.http2, fast=cfg.fast_network_backend)
+        if cfg.uses_aiohttp:
+            if self._shared is None:
+                self._shared = AiohttpTransport(self._ssl, max_connections=cfg.concurrency)
+            return self._shared, False
+        return make_transport(self._ssl, http2=cfg.http2, fast=cfg.fast_network_backend), True
 
     def set_note(self, note: str | None) -> None:
         self.note = note
@@ -266,70 +284,60 @@ class _Run:
         )
 
 
-def clean_folder(path: Path) -> None:
-    removed = remove_stale_photo_parts(path)
+def clean_folder(photos: PhotoWriter, folder: str) -> None:
+    removed = photos.clean(folder)
     if removed:
-        log.info("removed %d stale .part files from %s", removed, path)
+        log.info("removed %d stale .part files from %s", removed, folder)
 
 
 async def _process(run: _Run, fetcher: Fetcher, task: PhotoTask, transport: httpx.AsyncBaseTransport) -> ManifestRow:
     started = time.monotonic()
     photo_id = int(task.photo_id)
-    folder, present = run.folder(photo_id)
+    folder, present = await run.folder(photo_id)
     previous = run.previous.lookup(photo_id)
-    existing = find_existing(folder, photo_id, previous[0] if previous else None) if photo_id in present else None
-    if existing is not None:
-        path, _, size, width, height = existing
-        return ManifestRow(photo_id, task.url, path, CACHED, None, size, previous[1] if previous else None,
-                           None, 0, None, time.monotonic() - started, width, height)
+    if photo_id in present:
+        existing = await run.photos.check(folder, photo_id, previous[0] if previous else None)
+        if existing is not None:
+            return ManifestRow(photo_id, task.url, existing.uri, CACHED, None, existing.size,
+                               previous[1] if previous else None, None, 0, None, time.monotonic() - started,
+                               existing.width, existing.height)
     result = await fetcher.fetch(task.url, transport)
     if result.status != OK or result.body is None:
         return ManifestRow(photo_id, result.url, None, result.status, result.http_status, None, None,
                            result.content_type, result.attempts, result.error, time.monotonic() - started)
     body = result.body
-    path = f"{folder}/{photo_id}.{result.ext}"
-    # Inline on purpose. Creating, writing and renaming a small file costs 0.3-0.5 ms of CPU on ext4
-    # here, as much as the HTTP exchange, but both alternatives measured slower: a thread pool
-    # (GIL hand-offs cost more than they saved) and a helper process fed through a pipe (copying
-    # and context switches). DownloadConfig.processes is the way to use more cores.
-    digest = _store(path, body)
+    try:
+        # The body keeps its BodyBudget reservation until it is written: bodies waiting for the
+        # writer count like bodies still arriving.
+        uri = await run.photos.write(folder, photo_id, result.ext or "", body)
+    finally:
+        fetcher.release(result)
     present.add(photo_id)  # a repeat of this id that the input screen could not see finds the file
     run.downloaded_bytes += len(body)
-    return ManifestRow(photo_id, result.url, path, OK, 200, len(body), digest,
+    return ManifestRow(photo_id, result.url, uri, OK, 200, len(body), result.sha256,
                        result.content_type, result.attempts, None, time.monotonic() - started,
                        result.width, result.height)
 
 
-def _store(path: str, body: bytes) -> str:
-    # Temporary name then rename: a crash never leaves a partial file under the final name. No
-    # fsync: after a power loss a file may be empty or short, and a rerun's magic-byte and size
-    # checks catch that and fetch it again.
-    try:
-        try:
-            atomic_write_bytes(Path(path), body)
-        except FileNotFoundError:
-            # Another run that shares this photo folder (each dataset has its own manifest and lock)
-            # removed our temporary file as stale when it first used the folder: write it again.
-            atomic_write_bytes(Path(path), body)
-    except OSError as exc:  # a full disk, a folder that cannot be created: every later write fails too
-        raise StorageError(f"cannot write {path}: {os_error_cause(exc)}") from None
-    return hashlib.sha256(body).hexdigest()
-
-
 async def _worker(run: _Run, fetcher: Fetcher, tasks: Iterator[PhotoTask]) -> None:
-    transport: httpx.AsyncHTTPTransport | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    owned = False
     try:
         # Workers pull from one shared iterator: next() runs without an await, so no two workers
         # see the same item, and at most `concurrency` tasks are ever out of the input.
         for task in tasks:
             if transport is None:
-                transport = run.transport()  # per worker: its pool never has two requests at once
+                transport, owned = run.transport()
             run.settle(await _process(run, fetcher, task, transport))
     finally:
-        if transport is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await transport.aclose()
+        if transport is not None and owned:
+            await _close(transport)
+
+
+async def _close(transport: httpx.AsyncBaseTransport) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await transport.aclose()
 
 
 async def _report(run: _Run, on_progress: Callable[[Progress], None], interval: float) -> None:
@@ -345,10 +353,25 @@ def _emit(run: _Run, on_progress: Callable[[Progress], None]) -> None:
         log.exception("on_progress failed")
 
 
-async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool) -> tuple[_Run, float]:
-    previous = PreviousManifest.load(job.previous_manifest)
-    with ManifestWriter(job.manifest_path) as writer:
-        run = _Run(job.config, job.dest_dir, previous, writer, job.expected_total(), clean_parts=clean_parts)
+class RowSink(Protocol):
+    """Where settled rows go: a ManifestWriter, or a worker process's pipe to its parent."""
+
+    def add(self, row: ManifestRow) -> None: ...
+
+
+class PreviousLookup(Protocol):
+    """``(bytes, sha256)`` a previous run recorded for a photo, or None (see PreviousManifest)."""
+
+    def lookup(self, photo_id: int) -> tuple[int, str | None] | None: ...
+
+
+async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool,
+                    rows: RowSink | None, previous: PreviousLookup | None) -> tuple[_Run, float]:
+    if previous is None:
+        previous = PreviousManifest.load(job.previous_manifest)
+    with contextlib.nullcontext(rows) if rows is not None else ManifestWriter(job.manifest_path) as writer:
+        run = _Run(job.config, job.dest_dir, previous, writer, job.expected_total(), photos=job.writer,
+                   clean_parts=clean_parts)
         fetcher = Fetcher(job.config, note=run.set_note)
         iterator = iter(job.tasks)
         reporter = (asyncio.create_task(_report(run, on_progress, job.progress_interval))
@@ -363,6 +386,9 @@ async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clea
                 reporter.cancel()
             await asyncio.gather(*workers, *([reporter] if reporter else []), return_exceptions=True)
             fetcher.close()
+            if run._shared is not None:
+                await _close(run._shared)
+            await run.photos.aclose()
     seconds = time.monotonic() - run.started
     if on_progress:
         _emit(run, on_progress)
@@ -370,13 +396,15 @@ async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clea
 
 
 def run_loop(job: DownloadJob, on_progress: ProgressCallback | None = None, *, clean_parts: bool = True,
-             top_errors: int = 10, screen: InputScreen | None = None) -> DownloadSummary:
+             top_errors: int = 10, screen: InputScreen | None = None, rows: RowSink | None = None,
+             previous: PreviousLookup | None = None) -> DownloadSummary:
     """Run ``job`` on one event loop, as is: no lock, no input screen (callers see to both).
 
     Blocks until done; safe to call from a thread that runs an event loop (it then runs in a thread
-    of its own). Worker processes call this with ``clean_parts=False`` (their parent cleans).
+    of its own). Worker processes call this with ``clean_parts=False`` (their parent cleans), and
+    with ``rows`` and ``previous`` from their parent instead of the job's manifest files.
     """
-    coro = _download(job, on_progress, clean_parts)
+    coro = _download(job, on_progress, clean_parts, rows, previous)
     try:
         asyncio.get_running_loop()
         in_event_loop = True

@@ -1,7 +1,13 @@
-"""The download manifest: one row per input photo, written incrementally as Parquet."""
+"""The download manifest: one row per input photo, written incrementally as Parquet.
+
+pyarrow and NumPy are imported on first use, not with this module: download worker processes
+use ``ManifestRow`` only (their parent writes the manifest), and the two libraries would add
+about 60 MB to each worker's resident memory.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -9,15 +15,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from inat_assets.download.config import CACHED, OK
 from inat_assets.errors import StorageError
 from inat_assets.storage import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 log = logging.getLogger("inat_assets.download")
 
@@ -29,24 +35,37 @@ def os_error_cause(exc: OSError) -> str:
         return os.strerror(exc.errno)
     return exc.strerror or str(exc)
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("photo_id", pa.int64(), nullable=False),
-        pa.field("url", pa.string()),  # the URL the bytes came from (the other host's after a fallback)
-        pa.field("path", pa.string()),  # absolute path of the file; null unless ok/cached
-        pa.field("status", pa.string(), nullable=False),  # ok, cached, failed_permanent, failed_transient
-        pa.field("http_status", pa.int32()),  # last HTTP status seen; null if none (cached, network error)
-        pa.field("bytes", pa.int64()),  # file size; null for failures
-        pa.field("sha256", pa.string()),  # hex digest; null for failures, and for cached rows unknown before
-        pa.field("content_type", pa.string()),  # as sent by the server
-        pa.field("attempts", pa.int32(), nullable=False),  # requests made (0 for cached)
-        pa.field("error", pa.string()),  # why it failed; null when ok/cached
-        pa.field("seconds", pa.float64(), nullable=False),  # wall time spent on this photo
-        # Pixels, from the image's header (files.check_image); null unless ok/cached.
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-    ]
-)
+
+@functools.cache
+def manifest_schema() -> pa.Schema:
+    """The manifest's columns (``MANIFEST_SCHEMA``)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("photo_id", pa.int64(), nullable=False),
+            pa.field("url", pa.string()),  # the URL the bytes came from (the other host's after a fallback)
+            pa.field("path", pa.string()),  # absolute path of the file; null unless ok/cached
+            pa.field("status", pa.string(), nullable=False),  # ok, cached, failed_permanent, failed_transient
+            pa.field("http_status", pa.int32()),  # last HTTP status seen; null if none (cached, network error)
+            pa.field("bytes", pa.int64()),  # file size; null for failures
+            pa.field("sha256", pa.string()),  # hex digest; null for failures, and for cached rows unknown before
+            pa.field("content_type", pa.string()),  # as sent by the server
+            pa.field("attempts", pa.int32(), nullable=False),  # requests made (0 for cached)
+            pa.field("error", pa.string()),  # why it failed; null when ok/cached
+            pa.field("seconds", pa.float64(), nullable=False),  # wall time spent on this photo
+            # Pixels, from the image's header (files.check_image); null unless ok/cached.
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+        ]
+    )
+
+
+def __getattr__(name: str) -> object:
+    if name == "MANIFEST_SCHEMA":
+        return manifest_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _ROWS_PER_GROUP = 8192
 
@@ -80,13 +99,16 @@ class ManifestWriter:
     def __init__(self, final: Path) -> None:
         self.final = final
         self._stack = ExitStack()
-        self._columns: list[list[object]] = [[] for _ in MANIFEST_SCHEMA]
-        self._writer: pq.ParquetWriter | None = None
+        self._columns: list[list[object]] = [[] for _ in ManifestRow.__slots__]
+        self._writer: Any = None  # a pyarrow.parquet.ParquetWriter once entered
 
     def __enter__(self) -> ManifestWriter:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
             tmp = self._stack.enter_context(atomic_path(self.final))
-            self._writer = pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(tmp, manifest_schema(), compression="zstd")
         except OSError as exc:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary file
             raise self._storage_error(exc) from None
@@ -116,10 +138,13 @@ class ManifestWriter:
     def flush(self) -> None:
         if not self._columns[0] or self._writer is None:
             return
-        arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, MANIFEST_SCHEMA, strict=True)]
-        self._columns = [[] for _ in MANIFEST_SCHEMA]
+        import pyarrow as pa
+
+        schema = manifest_schema()
+        arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, schema, strict=True)]
+        self._columns = [[] for _ in ManifestRow.__slots__]
         try:
-            self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=MANIFEST_SCHEMA))
+            self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
         except OSError as exc:
             raise self._storage_error(exc) from None
 
@@ -159,6 +184,9 @@ def set_aside_if_unreadable(path: Path) -> str | None:
     Only the footer is read (cheap for a 150M-row manifest): what a killed copy, a truncated
     file or a foreign file leaves. Without this, every later run would crash on it.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         schema = pq.read_schema(path)
     except FileNotFoundError:
@@ -195,12 +223,18 @@ class PreviousManifest:
 
     @classmethod
     def empty(cls) -> PreviousManifest:
+        import numpy as np
+
         return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), None)
 
     @classmethod
     def load(cls, path: Path | None) -> PreviousManifest:
         if path is None or not path.exists():
             return cls.empty()
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
         try:
             table = pq.read_table(path, columns=["photo_id", "status", "bytes", "sha256"])
         except (pa.ArrowException, OSError) as exc:
@@ -221,7 +255,7 @@ class PreviousManifest:
         ids = self._ids
         if not len(ids):
             return None
-        i = int(np.searchsorted(ids, photo_id))
+        i = int(ids.searchsorted(photo_id))
         if i < len(ids) and ids[i] == photo_id and self._digests is not None:
             return int(self._sizes[i]), self._digests[i].as_py()
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import logging
 import random
 import re
@@ -37,20 +38,29 @@ _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the conne
 _SNIFF_BYTES = 16
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # The run's BodyBudget: 3 MB per request in flight (a large original is about 2 MB), at most
-# 192 MB, never less than one body of max_bytes. With 64 requests that is 192 MB, which with the
+# 192 MB, never less than one body of max_bytes. From 64 requests up that is 192 MB, which with the
 # interpreter and libraries (about 130 MB) and socket buffers (network.py) keeps a run under
-# 500 MB whatever the servers send. Each worker process gets its share (its concurrency is 1/N).
+# 500 MB whatever the servers send. Each worker process gets 1/N of it (DownloadConfig.body_budget),
+# but at least one body of max_bytes.
 _BUDGET_PER_REQUEST = 3 * MB
 _BUDGET_MAX = 192 * MB
+
+
+def body_budget(config: DownloadConfig) -> int:
+    """Bytes of response bodies one event loop may hold (see BodyBudget): ``config.body_budget``
+    (a worker process's share), else the rule above."""
+    if config.body_budget is not None:
+        return config.body_budget
+    return max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST))
 
 
 @dataclass(slots=True)
 class FetchResult:
     """How one photo's fetch ended.
 
-    ``url`` is the last URL requested: after redirects, where the bytes came from. ``body`` no
-    longer counts against the run's BodyBudget once ``fetch`` returns: write or drop it before
-    the next ``await`` (the engine writes it inline), or bodies can pile up beyond the budget.
+    ``url`` is the last URL requested: after redirects, where the bytes came from. ``body`` still
+    holds ``reserved`` bytes of the run's BodyBudget: hand them back with ``Fetcher.release`` once
+    the body is written or dropped, so bodies waiting for a write stay inside the budget.
     """
 
     status: str  # OK, FAILED_PERMANENT or FAILED_TRANSIENT
@@ -63,6 +73,8 @@ class FetchResult:
     error: str | None = None
     width: int | None = None
     height: int | None = None
+    sha256: str | None = None  # hex digest of body, computed while it arrived
+    reserved: int = 0  # bytes of the BodyBudget the body holds until Fetcher.release
 
 
 @dataclass(slots=True)
@@ -80,6 +92,7 @@ class _Hop:
     host: str = ""
     url: str = ""  # the URL this hop requested
     reserved: int = 0  # bytes of the BodyBudget this hop's body holds
+    sha256: str | None = None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -150,7 +163,7 @@ class Fetcher:
         self.allowed = HostAllowlist(config.allowed_hosts)
         self.note = note
         self.gates = HostGates(config.host_budget)  # per-host pacing, budgets and pauses (shared if a ledger)
-        self.budget = BodyBudget(max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST)))
+        self.budget = BodyBudget(body_budget(config))
         self.headers = [
             ("User-Agent", config.user_agent),
             ("Accept", "image/*,*/*;q=0.5"),
@@ -215,14 +228,13 @@ class Fetcher:
         while True:
             attempts += 1
             hop = await self._follow(url, host, transport)
-            if hop.reserved:
-                # Handing the body over ends its reservation: the caller writes it before its next
-                # await (see FetchResult), so no other request can take the budget in between.
-                self.budget.release(hop.reserved)
             if hop.kind == "ok" and hop.image is not None:
-                image = hop.image
+                image = hop.image  # the reservation goes with the body (see FetchResult)
                 return FetchResult(OK, hop.url, 200, hop.body, image.ext, hop.content_type, attempts,
-                                   width=image.width, height=image.height)
+                                   width=image.width, height=image.height, sha256=hop.sha256,
+                                   reserved=hop.reserved)
+            if hop.reserved:
+                self.budget.release(hop.reserved)
             if hop.kind == "permanent":
                 if hop.http_status in (403, 404) and first_error is None and self.config.try_other_host:
                     other = self.other_host_url(url)
@@ -247,6 +259,12 @@ class Fetcher:
                 self.gates.for_host(hop.host).pause(delay)
             else:
                 await asyncio.sleep(delay)
+
+    def release(self, result: FetchResult) -> None:
+        """End the body's BodyBudget reservation (once it is written or dropped)."""
+        if result.reserved:
+            self.budget.release(result.reserved)
+            result.reserved = 0
 
     @staticmethod
     def _with_first(first_error: str | None, error: str | None) -> str | None:
@@ -363,6 +381,9 @@ class Fetcher:
         too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
         received = 0
+        # Hashed as the bytes arrive: writing the photo is then the only pass over it afterwards,
+        # and a writer never needs the body for its digest (an object-store PUT can stream it).
+        digest = hashlib.sha256()
         # aiter_raw hands over the bytes as sent (httpx's own decoders inflate without a cap).
         async for raw in response.aiter_raw():
             if decoder is None:
@@ -384,6 +405,7 @@ class Fetcher:
                 gate.record(response.num_bytes_downloaded)
                 return too_large
             chunks.append(chunk)
+            digest.update(chunk)
             if len(chunks) == 1 and len(chunk) >= _SNIFF_BYTES and sniff_image(chunk) is None:
                 gate.record(response.num_bytes_downloaded)  # no point reading the rest of an error page
                 return _Hop("permanent", status, describe_non_image(chunk, ctype), content_type=ctype)
@@ -392,7 +414,9 @@ class Fetcher:
             return _Hop("transient", status, "truncated body (shorter than Content-Length)", content_type=ctype)
         if decoder is not None:
             try:
-                chunks.append(decoder.finish())
+                tail = decoder.finish()
+                chunks.append(tail)
+                digest.update(tail)
             except BodyTooLarge:
                 return too_large
             except (EOFError, zlib.error):
@@ -402,7 +426,7 @@ class Fetcher:
         if image is None:
             return _Hop("permanent", status, describe_non_image(body, ctype), content_type=ctype)
         if isinstance(image, ImageInfo):
-            return _Hop("ok", status, body=body, image=image, content_type=ctype)
+            return _Hop("ok", status, body=body, image=image, content_type=ctype, sha256=digest.hexdigest())
         # Bytes that end too early are what a cut connection leaves when the server sent no
         # Content-Length (and what a server's own damaged file looks like): transient, so it is
         # retried and, if it stays broken, retried again by the next run instead of being given up

@@ -9,6 +9,7 @@ aside a previous manifest that cannot be read (instead of crashing every later r
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +34,24 @@ Runner = Callable[[DownloadJob, ProgressCallback | None], DownloadSummary]
 
 
 def runner_for(config: DownloadConfig) -> Runner:
-    return run_in_processes if config.processes > 1 else run_in_process
+    return run_in_processes if (config.processes or 1) > 1 else run_in_process
+
+
+def with_processes(job: DownloadJob) -> DownloadJob:
+    """``job`` with its number of worker processes decided (``DownloadConfig.worker_processes``).
+
+    Chosen automatically, worker processes need a picklable ``dest_dir``; with a lambda the run
+    stays in one process rather than fail (an explicit ``processes > 1`` fails, naming the fix).
+    """
+    config = job.config
+    processes = config.worker_processes(job.expected_total())
+    if config.processes is None and processes > 1:
+        try:
+            pickle.dumps(job.dest_dir)
+        except Exception:
+            log.info("dest_dir cannot be pickled: downloading in one process (use BatchFolders for more)")
+            processes = 1
+    return replace(job, config=replace(config, processes=processes))
 
 
 def run(job: DownloadJob, on_progress: ProgressCallback | None = None) -> DownloadSummary:
@@ -55,6 +73,7 @@ def run(job: DownloadJob, on_progress: ProgressCallback | None = None) -> Downlo
                 warnings.append(aside)
                 log.warning("%s", aside)
                 job = replace(job, previous_manifest=None)
+        job = with_processes(job)
         summary = runner_for(job.config)(job, on_progress)
     finally:
         lock.release()

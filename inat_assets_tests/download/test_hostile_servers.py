@@ -44,7 +44,7 @@ from inat_assets.download import DownloadConfig, PhotoTask, run_download
 
 base, out, ids, MAX_BYTES = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 config = DownloadConfig(concurrency=32, allowed_hosts=(urlsplit(base).netloc,), retries=0,
-                        request_deadline=60.0, read_timeout=10.0, max_bytes=MAX_BYTES)
+                        request_deadline=60.0, read_timeout=10.0, max_bytes=MAX_BYTES, transport=sys.argv[5])
 summary = run_download([PhotoTask(i, f"{base}/photos/{i}/original.jpg") for i in ids], out,
                        out / "manifest.parquet", config)
 status = Path("/proc/self/status").read_text()
@@ -74,21 +74,22 @@ def mirror_process(faults: dict[int, list[str]]) -> Iterator[str]:
             proc.wait(10)
 
 
-def download_in_subprocess(base: str, out: Path, ids: list[int]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, base, str(out), json.dumps(ids), str(MAX_BYTES)],
+def download_in_subprocess(base: str, out: Path, ids: list[int], transport: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", _CHILD, base, str(out), json.dumps(ids), str(MAX_BYTES), transport],
                           capture_output=True, text=True, timeout=240, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
-def test_gzip_bomb_and_endless_bodies_keep_memory_bounded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
+def test_gzip_bomb_and_endless_bodies_keep_memory_bounded(tmp_path: Path, transport: str) -> None:
     # One stacked-gzip bomb (2.4 KB inflating to 1,000 MB), 32 endless bodies at concurrency 32,
     # and a few good photos that must still arrive.
     faults = {1: ["gzipbomb"], **{pid: ["endless"] for pid in range(2, 34)}}
     ids = list(range(1, 40))
     with mirror_process(faults) as base:
-        result = download_in_subprocess(base, tmp_path, ids)
+        result = download_in_subprocess(base, tmp_path, ids, transport)
     rows = manifest_rows(tmp_path / "manifest.parquet")
 
     assert result["peak_mb"] < RSS_BOUND_MB, result

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from inat_assets.download import BatchFolders, HostLimits, PhotoTask, run_download
+from inat_assets.download import (
+    BatchFolders,
+    DownloadConfig,
+    DownloadJob,
+    HostLimits,
+    PhotoTask,
+    run_download,
+)
+from inat_assets.download.config import MAX_AUTO_PROCESSES, SMALL_RUN, available_cores, cgroup_cpu_quota
+from inat_assets.download.photo_fetcher import body_budget
 from inat_assets.download.processes import child_config
+from inat_assets.download.runner import with_processes
 from inat_assets.testing.mirror import MirrorServer, served_bytes
 from inat_assets_tests.download.conftest import HOST_A, IMAGE_BYTES, fast_config, files_in
 
@@ -57,3 +68,58 @@ def test_stale_parts_are_cleaned_by_the_parent_not_by_each_child(mirror: MirrorS
                            tmp_path / "m.parquet", fast_config(processes=2, concurrency=16))
     assert summary.ok == 400
     assert [p.name for p in files_in(tmp_path)] == sorted(f"{pid}.jpg" for pid in ids)
+
+
+def test_children_get_a_share_of_the_body_budget() -> None:
+    config = fast_config(processes=4, concurrency=256, max_bytes=10_000_000)
+    assert body_budget(config) == 192_000_000
+    assert body_budget(child_config(config)) == 48_000_000  # together no more than one process had
+    assert body_budget(child_config(fast_config(processes=4, max_bytes=60_000_000))) == 60_000_000  # one body fits
+
+
+def test_worker_processes_default_to_the_available_cores_and_an_explicit_value_wins(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("inat_assets.download.config.available_cores", lambda: 8)
+    auto = DownloadConfig()
+    assert auto.processes is None and auto.worker_processes(None) == MAX_AUTO_PROCESSES
+    assert auto.worker_processes(SMALL_RUN - 1) == 1  # not worth starting interpreters for
+    assert DownloadConfig(concurrency=2).worker_processes(None) == 2  # at least one request each
+    assert DownloadConfig(processes=3).worker_processes(10) == 3
+    monkeypatch.setattr("inat_assets.download.config.available_cores", lambda: 1)
+    assert auto.worker_processes(None) == 1
+
+
+def test_automatic_processes_fall_back_to_one_for_an_unpicklable_destination(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("inat_assets.download.config.available_cores", lambda: 2)
+    job = DownloadJob(iter([]), lambda pid: tmp_path, tmp_path / "m.parquet", fast_config(), total=None)
+    assert with_processes(job).config.processes == 1
+    job = DownloadJob(iter([]), BatchFolders(tmp_path, 10), tmp_path / "m.parquet", fast_config(), total=None)
+    assert with_processes(job).config.processes == 2
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_cpu_quota_v2_takes_the_tightest_of_the_cgroup_and_its_parents(tmp_path: Path) -> None:
+    _write(tmp_path / "proc", "0::/box/job\n")
+    _write(tmp_path / "cg/cpu.max", "max 100000\n")
+    _write(tmp_path / "cg/box/cpu.max", "150000 100000\n")
+    _write(tmp_path / "cg/box/job/cpu.max", "max 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "cg"), str(tmp_path / "proc")) == 1.5
+    assert available_cores(str(tmp_path / "cg"), str(tmp_path / "proc")) == min(2, len(os.sched_getaffinity(0)))
+    _write(tmp_path / "cg/box/cpu.max", "max 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "cg"), str(tmp_path / "proc")) is None
+
+
+def test_cgroup_cpu_quota_v1(tmp_path: Path) -> None:
+    _write(tmp_path / "proc", "4:memory:/x\n3:cpu,cpuacct:/x\n")
+    _write(tmp_path / "cg/cpu,cpuacct/x/cpu.cfs_quota_us", "50000\n")
+    _write(tmp_path / "cg/cpu,cpuacct/x/cpu.cfs_period_us", "100000\n")
+    _write(tmp_path / "cg/cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
+    _write(tmp_path / "cg/cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "cg"), str(tmp_path / "proc")) == 0.5
+    assert available_cores(str(tmp_path / "cg"), str(tmp_path / "proc")) == 1
+    assert cgroup_cpu_quota(str(tmp_path / "cg"), str(tmp_path / "missing")) is None
