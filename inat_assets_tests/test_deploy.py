@@ -466,18 +466,27 @@ def test_batch_runs_request_their_own_pod_resources_through_the_tag(
     batch_pod = run_job(launcher, values, tags).spec.template
     container = batch_pod.spec.containers[0]
     assert container.image == JOB_IMAGE
-    assert container.resources.requests == {"cpu": "1", "memory": "512Mi"}
+    assert container.resources.requests == {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "1Gi"}
     assert container.resources.limits == {"cpu": "1", "memory": "1Gi"}
     # The download processes a batch run starts in that pod: one per core it requested.
     assert batch_download_processes(container.resources.limits["cpu"], tmp_path, monkeypatch) == 1
     assert batch_pod.metadata.labels["inat/run"] == "image-batch"
     # The code location's secrets and volumes reach the run pod (includeConfigInLaunchedRuns).
     assert {source.secret_ref.name for source in container.env_from if source.secret_ref} == {"inat-assets-aws"}
-    assert {m.mount_path for m in container.volume_mounts} >= {"/data", "/scratch"}
+    # The data dir is the bucket of the compute logs, and no pod mounts a shared volume: the only volume is
+    # the pod's own scratch (an emptyDir), where INAT_SCRATCH_DIR points.
+    env = {e.name: e.value for e in container.env or []} | deployment_env(values)
+    assert env["INAT_DATA_DIR"].startswith("s3://")
+    bucket = values["computeLogManager"]["config"]["s3ComputeLogManager"]["bucket"]
+    assert env["INAT_DATA_DIR"].removeprefix("s3://").split("/")[0] == bucket
+    assert [(v.name, v.empty_dir is not None) for v in batch_pod.spec.volumes] == [("scratch", True)]
+    assert [v.persistent_volume_claim or v.nfs for v in batch_pod.spec.volumes] == [None]
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("scratch", env["INAT_SCRATCH_DIR"])]
+    assert "INAT_DUCKDB_TEMP_DIR" not in env  # DuckDB spills under INAT_SCRATCH_DIR by default
 
     # A run without the tag (the conversion, a fetch list) gets the run launcher's default pod.
     other = run_job(launcher, values, {"dagster/partition": "x"}).spec.template.spec.containers[0]
-    assert other.resources.requests == {"cpu": "2", "memory": "8Gi"}
+    assert other.resources.requests == {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "200Gi"}
 
 
 def batch_download_processes(cpu_limit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
