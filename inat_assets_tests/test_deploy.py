@@ -518,7 +518,8 @@ def test_code_server_resources_would_override_every_run_pod(
     with_resources = copy.deepcopy(values)
     code_deployment(with_resources)["resources"] = {"requests": {"cpu": "250m", "memory": "1Gi"}}
     container = run_job(launcher, with_resources, {}).spec.template.spec.containers[0]
-    assert container.resources.requests == {"cpu": "250m", "memory": "1Gi"}
+    # Merged key by key: the code server's cpu and memory replace the launcher's 2 CPU and 8Gi.
+    assert container.resources.requests == {"cpu": "250m", "memory": "1Gi", "ephemeral-storage": "200Gi"}
 
 
 def test_the_batch_job_carries_the_tag_and_a_bad_setting_is_refused_when_the_code_loads(
@@ -584,9 +585,15 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
     assert copies, "the Dockerfile copies nothing"
     (install,) = [args for op, args in instructions if op == "RUN" and "pip install" in args]
     # A normal install (not `-e`) of the folder the sources are copied to, which is then removed.
-    build_dir = re.fullmatch(r'pip install "(/[^"\[]+)\[deploy\]" && rm -rf (\S+) && .*', install)
+    build_dir = re.fullmatch(r'pip install "(/[^"\[]+)\[([a-z0-9,]+)\]" && rm -rf (\S+) && .*', install)
     assert build_dir, f"not a normal install of the copied sources, then removed: {install}"
-    assert build_dir[1] == build_dir[2]
+    assert build_dir[1] == build_dir[3]
+    # The extras it installs: the deploy extra, and s3fs for the data dir the values put in the bucket.
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = [req for extra in build_dir[2].split(",") for req in extras[extra]]
+    assert set(extras["deploy"]) <= set(installed)
+    assert deployment_env(values)["INAT_DATA_DIR"].startswith("s3://")
+    assert any(re.match(r"s3fs\b", req) for req in installed), f"no s3fs in the image's extras: {install}"
     (workdir,) = [args for op, args in instructions if op == "WORKDIR"]
     assert not Path(build_dir[1]).is_relative_to(workdir), "sources in the working directory shadow the install"
     context = tmp_path / "context"
