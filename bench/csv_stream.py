@@ -5,7 +5,8 @@
 
 Builds (or reuses, in --workdir) a sample archive, inflates observations.csv into memory once, then
 times with process CPU time (steadier than wall time on a shared machine): inflating the member,
-the normalizer on the LF text as published, and on the same text with every line ending CR LF.
+the normalizer on the LF text as published, and on the same text with every line ending CR LF,
+and the normalizer followed by the chunker that cuts the stream into whole records (convert.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 from pathlib import Path
 
 from inat_assets.dwca.archive import iter_member_bytes
-from inat_assets.dwca.convert import MAX_LINE_BYTES
-from inat_assets.dwca.csv_stream import CsvStreamNormalizer
+from inat_assets.dwca.convert import CHUNK_BYTES, MAX_LINE_BYTES
+from inat_assets.dwca.csv_stream import CsvStreamNormalizer, RecordChunker
 from inat_assets.testing.sample import SampleSpec, write_sample_archive
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--observations", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("bench/out"))
+    parser.add_argument("--workdir", type=Path, default=Path("/work/bench-data"), help="archive cache (not in git)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     archive = args.workdir / f"bench-{args.observations}.zip"  # the same archive bench/convert.py builds
@@ -43,9 +44,13 @@ def main() -> None:
         inflate = _cpu(lambda: sum(map(len, iter_member_bytes(archive, "observations.csv"))))
         lf = _cpu(lambda: sum(map(len, CsvStreamNormalizer(MAX_LINE_BYTES).feed(chunks))))
         cr = _cpu(lambda: sum(map(len, CsvStreamNormalizer(MAX_LINE_BYTES).feed(crlf))))
+        cut = _cpu(
+            lambda: sum(c.size for c in RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES).split(CsvStreamNormalizer(MAX_LINE_BYTES), chunks))
+        )
         print(
             f"round {round_no}: {size:.2f} GB  inflate {size / inflate:.2f} GB/s  normalizer LF {size / lf:.2f} GB/s "
-            f"({lf / inflate:.0%} of inflating)  CR LF {size / cr:.2f} GB/s",
+            f"({lf / inflate:.0%} of inflating)  CR LF {size / cr:.2f} GB/s  normalizer + chunker LF "
+            f"{size / cut:.2f} GB/s (chunker {max(cut - lf, 0) / inflate:.0%} of inflating)",
             flush=True,
         )
 

@@ -17,8 +17,8 @@ Two parts:
    wall times are noisy: CPU seconds per run are the steadier figure).
 
 2. PROJECTED from inputs: per-worker download rate and CPU per image (bench/download.py), conversion
-   rate (bench/convert.py), upload cost per photo to the store, photo sizes, the share of photos on the
-   budgeted host. Defaults are today's measurements on this machine or published limits, each labelled
+   rate (bench/convert.py), client CPU per photo PUT to the store (bench/object_store.py), photo sizes,
+   the share of photos on the budgeted host. Defaults are today's measurements on this machine or published limits, each labelled
    in the output; override any with a flag or with ``--inputs FILE`` (a JSON object with the same keys
    as the flags, dashes as underscores), which is how the other benches' results are fed in.
 
@@ -61,6 +61,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from inat_assets.batches import DEFAULT_PHOTOS_PER_BATCH
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -323,26 +325,31 @@ DEFAULTS: dict[str, Figure] = {
         1.0, "product: a batch run downloads with 1 process (run config `processes`), its pod requests 1 CPU"
     ),
     "images_per_s": Figure(
-        673.0,
-        "measured: bench/download.py ours (1 process), 50 ms latency, 40 KB (its docstring, 2026-11-26; on "
-        "2026-11-27 at load ~16 it made 130/s: wall rates on this shared VM follow the load)",
+        349.0,
+        "measured: bench/download.py ours-1p (1 process), 50 ms latency, 40 KB, median of 3 (its docstring, "
+        "2026-11-27, load 10-14: the wall rate follows the load; CPU per photo is the steadier figure)",
     ),
     "cpu_ms_per_image": Figure(
-        1.7,
-        "measured: bench/download.py ours, 50 ms, 40 KB, 2026-11-27: 1.79 ms CPU per photo (median of 3), "
-        "less SHA-256 of 40 KB (counted per MB below)",
+        1.0,
+        "measured: bench/download.py ours-1p, 40 KB, 2026-11-27: 1.04 ms (50 ms) / 1.11 ms (0 ms) CPU per photo, "
+        "all included (its SHA-256 of 40 KB too, ~0.1 ms, which the per-MB term adds again: slightly high)",
     ),
     "cpu_ms_per_mb": Figure(math.nan, "measured here: SHA-256 of the bytes (TLS decryption not included)"),
     "upload_cpu_ms_per_photo": Figure(
-        0.0, "input: CPU per PUT to the store (0 = photos on a local/mounted disk); pass the object-store bench's figure"
+        2.6,
+        "measured: bench/object_store.py, client CPU per photo PUT (ObjectWriter.write, botocore) on moto, "
+        "40 KB, 16-64 in flight, median of 3 (3.2 ms with 1 in flight); 0 for a data dir on a local disk",
     ),
     "worker_link_gbps": Figure(1.0, "estimate: network link per worker"),
     "egress_gbps": Figure(10.0, "estimate: the cluster's shared egress (NAT) to the internet"),
-    "batch_photos": Figure(50_000.0, "product default: INAT_BATCH_SPAN aims at ~50k photos per batch"),
+    "batch_photos": Figure(
+        float(DEFAULT_PHOTOS_PER_BATCH),
+        "product default: INAT_BATCH_SPAN aims at inat_assets.batches.DEFAULT_PHOTOS_PER_BATCH photos per batch",
+    ),
     "convert_rows_per_s": Figure(
-        600_145 / 22.2,
-        "measured: bench/convert.py ours-stream, 600,145 rows (200k observations) in 22.2 s, median of 3, "
-        "2026-11-27 at load ~16 on 2 cores; extrapolated linearly",
+        15e6 / 232.5,
+        "measured: bench/convert.py ours-stream, 5M observations + ~10M media rows in 232.5 s (81.5 s CPU), "
+        "median of 3, 2026-11-27 at load 10-15 on 2 cores; extrapolated linearly",
     ),
     "archive_rows": Figure(208e6 + 350e6, "estimate: 208 M observations + ~350 M media rows (reference)"),
     "fetch_list_photos_per_cpu_s": Figure(

@@ -38,13 +38,13 @@ from pathlib import Path
 LICENCES = "['CC0', 'CC-BY', 'CC-BY', 'CC-BY', 'CC-BY-NC', 'CC-BY-SA']"
 
 
-def generate(workdir: Path, photos: int, classes: int, batch_span: int) -> None:
+def generate(workdir: Path, photos: int, classes: int, batch_span: int, image_bytes: int = 300) -> None:
     import duckdb
 
     from inat_assets.testing.mirror import served_bytes
 
     marker = workdir / "generated.json"
-    if marker.exists() and json.loads(marker.read_text()) == [photos, classes, batch_span]:
+    if marker.exists() and json.loads(marker.read_text()) == [photos, classes, batch_span, image_bytes]:
         return
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -81,19 +81,19 @@ def generate(workdir: Path, photos: int, classes: int, batch_span: int) -> None:
         folder = photo_dir / batch
         folder.mkdir(parents=True)
         for p in range(start, min(start + batch_span, photos)):
-            (folder / f"{p}.jpg").write_bytes(served_bytes(p, image_bytes=300))
+            (folder / f"{p}.jpg").write_bytes(served_bytes(p, image_bytes=image_bytes))
         with duckdb.connect() as con:
             con.execute(
                 f"""COPY (SELECT p AS photo_id, 'https://static.example.org/photos/' || p || '/original.jpg' AS url,
                              '{folder}/' || p || '.jpg' AS path,
                              CASE WHEN p % 100 = 37 THEN 'failed_permanent' ELSE 'ok' END AS status, 200 AS http_status,
-                             300::BIGINT AS bytes, sha256((CASE WHEN p % 1000 = 5 THEN p - 1 ELSE p END)::VARCHAR) AS sha256,
+                             {image_bytes}::BIGINT AS bytes, sha256((CASE WHEN p % 1000 = 5 THEN p - 1 ELSE p END)::VARCHAR) AS sha256,
                              'image/jpeg' AS content_type, 1 AS attempts, NULL::VARCHAR AS error, 0.01 AS seconds,
                              8 AS width, 8 AS height
                       FROM range({start}, {min(start + batch_span, photos)}) r(p))
                 TO '{manifests / (batch + ".parquet")}' (FORMAT parquet)"""
             )
-    marker.write_text(json.dumps([photos, classes, batch_span]))
+    marker.write_text(json.dumps([photos, classes, batch_span, image_bytes]))
     print(f"generated {photos:,} photos in {time.monotonic() - started:.0f} s", flush=True)
 
 

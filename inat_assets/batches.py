@@ -26,9 +26,8 @@ import duckdb
 from inat_assets.download.config import PhotoTask
 from inat_assets.dwca.convert import sql_string
 from inat_assets.errors import BatchError
-from inat_assets.locks import locked
 from inat_assets.photos import batch_key, batch_range
-from inat_assets.storage import atomic_write_bytes
+from inat_assets.storage import StorePath, atomic_write_bytes, guarded, register
 
 __all__ = [
     "BATCHES_FILE",
@@ -78,7 +77,7 @@ def nice_span(photos: int, min_id: int, max_id: int, target: int = DEFAULT_PHOTO
     return int(10 * exponent)
 
 
-def load_span(state_file: Path) -> int | None:
+def load_span(state_file: StorePath) -> int | None:
     if not state_file.exists():
         return None
     try:
@@ -88,12 +87,12 @@ def load_span(state_file: Path) -> int | None:
 
 
 def choose_span(
-    state_file: Path,
+    state_file: StorePath,
     requested_span: int,
     photo_ids: Callable[[], tuple[int, int, int]],
     *,
     requested_by: str = "INAT_BATCH_SPAN",
-    inherited_from: Path | None = None,
+    inherited_from: StorePath | None = None,
 ) -> int:
     """The span rule (module docstring). ``photo_ids`` gives (count, min, max) of the photo ids and
     is called only when a new span must be chosen."""
@@ -111,13 +110,13 @@ def choose_span(
     return span
 
 
-def record_span(state_file: Path, span: int) -> None:
+def record_span(state_file: StorePath, span: int) -> None:
     """Keep ``span`` for every later run on this folder (once; an existing record is never changed)."""
     if load_span(state_file) is None:
         atomic_write_bytes(state_file, json.dumps({"span": span}).encode())
 
 
-def data_dir_span_file(fetch_list: Path) -> Path:
+def data_dir_span_file(fetch_list: StorePath) -> StorePath:
     """The batches.json of the data dir a fetch list belongs to: a dataset's list lives in
     ``<data>/datasets/<name>/fetch.parquet``, a list of another origin beside its own record."""
     if fetch_list.parent.parent.name == "datasets":
@@ -125,13 +124,13 @@ def data_dir_span_file(fetch_list: Path) -> Path:
     return fetch_list.parent / BATCHES_FILE
 
 
-def span_for_folder(output: Path, fetch_list: Path, id_column: str, requested_span: int, *, record: bool) -> int:
+def span_for_folder(output: Path, fetch_list: StorePath, id_column: str, requested_span: int, *, record: bool) -> int:
     """``download-images``' span for the batch folders under ``output``: the span rule, with
     ``output/batches.json`` as the record and the fetch list's data dir as the one to inherit."""
 
     def photo_ids() -> tuple[int, int, int]:
         column = '"' + id_column.replace('"', '""') + '"'
-        with duckdb.connect() as con:
+        with register(duckdb.connect(), fetch_list) as con:
             photos, lo, hi = con.execute(
                 f"SELECT count(v), min(v), max(v) FROM (SELECT TRY_CAST({column} AS BIGINT) AS v "
                 f"FROM read_parquet({sql_string(fetch_list)}))"
@@ -148,7 +147,7 @@ def span_for_folder(output: Path, fetch_list: Path, id_column: str, requested_sp
 
 
 def plan_batches(
-    con: duckdb.DuckDBPyConnection, fetch_list: Path, state_file: Path, requested_span: int = 0
+    con: duckdb.DuckDBPyConnection, fetch_list: StorePath, state_file: StorePath, requested_span: int = 0
 ) -> BatchPlan:
     """Fix the span (the stored one, the requested one, or a new one) and list the batch keys."""
     source = f"read_parquet({sql_string(fetch_list)})"
@@ -157,8 +156,9 @@ def plan_batches(
         photos, lo, hi = con.execute(f"SELECT count(*), min(photo_id), max(photo_id) FROM {source}").fetchone()  # type: ignore[misc]
         return int(photos), int(lo or 0), int(hi or 0)
 
-    # Every dataset's fetch list goes through here: the lock makes the first one to fix the span win.
-    with locked(state_file.with_name(state_file.name + ".lock"), purpose="choosing the image batch span", wait_seconds=60):
+    # Every dataset's fetch list goes through here: the lock (a lease on a store, held across machines)
+    # makes the first one to fix the span win.
+    with guarded(state_file.with_name(state_file.name + ".lock"), purpose="choosing the image batch span", wait_seconds=60):
         span = choose_span(state_file, requested_span, photo_ids)
         has_photos = con.execute(f"SELECT count(*) > 0 FROM {source}").fetchone()[0]  # type: ignore[index]
         # An empty first list (a typo in a filter) must not fix a span for good; the next run chooses.
@@ -169,7 +169,7 @@ def plan_batches(
 
 
 def iter_batch_tasks(
-    con: duckdb.DuckDBPyConnection, fetch_list: Path, key: str, span: int, *, chunk_rows: int = 8192
+    con: duckdb.DuckDBPyConnection, fetch_list: StorePath, key: str, span: int, *, chunk_rows: int = 8192
 ) -> Iterator[PhotoTask]:
     """Stream one batch's photos; DuckDB skips row groups outside the id range (fetch.parquet is sorted)."""
     lo, hi = batch_range(key, span)
@@ -182,7 +182,7 @@ def iter_batch_tasks(
             yield PhotoTask(int(photo_id), url)
 
 
-def count_batch(con: duckdb.DuckDBPyConnection, fetch_list: Path, key: str, span: int) -> int:
+def count_batch(con: duckdb.DuckDBPyConnection, fetch_list: StorePath, key: str, span: int) -> int:
     lo, hi = batch_range(key, span)
     row = con.execute(
         f"SELECT count(*) FROM read_parquet({sql_string(fetch_list)}) WHERE photo_id >= {lo} AND photo_id < {hi}"
@@ -191,7 +191,7 @@ def count_batch(con: duckdb.DuckDBPyConnection, fetch_list: Path, key: str, span
 
 
 def outdated_batches(
-    con: duckdb.DuckDBPyConnection, fetch_list: Path, manifests: list[Path], span: int
+    con: duckdb.DuckDBPyConnection, fetch_list: StorePath, manifests: Sequence[StorePath], span: int
 ) -> list[str]:
     """Keys of the given manifests whose photos differ from the fetch list's photos in that range.
 
@@ -222,12 +222,12 @@ def outdated_batches(
     return [batch_key(int(i) * span, span) for (i,) in rows]
 
 
-def write_outdated(path: Path, keys: Sequence[str]) -> None:
+def write_outdated(path: StorePath, keys: Sequence[str]) -> None:
     """Record the batches whose photos changed at this fetch list (replacing the previous record)."""
     atomic_write_bytes(path, json.dumps({"keys": list(keys), "written_at": time.time()}).encode())
 
 
-def read_outdated(path: Path) -> tuple[list[str], float]:
+def read_outdated(path: StorePath) -> tuple[list[str], float]:
     """The recorded outdated batch keys and when they were recorded; none when there is no record."""
     try:
         record = json.loads(path.read_text())

@@ -1,14 +1,16 @@
 """The one Definitions object: the shared archive and tables, every declared dataset, and the resources.
 
 Datasets are Dagster Components declared in ``inat_assets/defs/datasets/<name>/defs.yaml``; they are
-loaded with ``dg.load_from_defs_folder`` here, so ``dagster dev -w workspace.yaml``,
-``dagster asset materialize -m inat_assets.definitions`` and ``dg`` all see the same graph.
+loaded here from the imported ``inat_assets.defs`` package, so ``dagster dev -w workspace.yaml``,
+``dagster asset materialize -m inat_assets.definitions``, ``dg`` and an installed wheel (the image of
+deploy/Dockerfile) all see the same graph.
 """
 
 from pathlib import Path
 
 import dagster as dg
 
+import inat_assets.defs
 from inat_assets.assets.archive import dwca_archive
 from inat_assets.assets.tables import (
     media_parquet,
@@ -35,6 +37,15 @@ tables_job = dg.define_asset_job(
 )
 
 
+def _project_root() -> Path:
+    """The folder holding the package: the repository in a checkout, site-packages once installed.
+
+    Not dg.load_from_defs_folder: it finds the defs module through the pyproject.toml above the package,
+    which a wheel does not ship, so a non-editable install failed with "Could not find config file". The
+    tree is the same one it builds (ComponentTree for the same defs module); the root only feeds the
+    `{{ context.project_root }}` template and state-backed components, neither used by the declarations.
+    """
+    return Path(inat_assets.defs.__file__).resolve().parents[2]
 
 
 def _load_definitions() -> dg.Definitions:
@@ -51,7 +62,7 @@ def _load_definitions() -> dg.Definitions:
         # steps of one run execute one after another (observations and media Parquet no longer overlap).
         executor=dg.in_process_executor,
     )
-    declared = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    declared = dg.ComponentTree.from_module(defs_module=inat_assets.defs, project_root=_project_root()).build_defs()
     return dg.Definitions.merge(shared, declared)
 
 

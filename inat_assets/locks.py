@@ -5,7 +5,8 @@ it dies (SIGKILL included), so a lock file left on disk by a dead run never bloc
 "is anyone holding this?" tells a live run's scratch from a dead run's. The file records who took
 it (pid, host, time, purpose) so that a refusal can name the holder.
 
-Local and mounted POSIX folders only; object storage needs another mechanism (see the scale-out issue).
+Local and mounted POSIX folders only; on an object store the same role is played by a lease object taken
+with a conditional PUT (`inat_assets.store.lease`; `storage.acquire_guard` picks one or the other).
 """
 
 from __future__ import annotations

@@ -8,18 +8,16 @@ Memory stays bounded by one batch folder: each folder is compared with the ids i
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 
 from inat_assets.batches import batch_range
 from inat_assets.dwca.convert import sql_string
-from inat_assets.locks import LockedError, acquire
-from inat_assets.storage import DataStore
+from inat_assets.locks import LockedError
+from inat_assets.storage import DataStore, StorePath, acquire_guard, list_dir
 
 _PHOTO_FILE = re.compile(r"^(\d+)\.(?:jpg|png|gif|webp)$")
 _BATCH_FOLDER = re.compile(r"^batch-\d{6,}$")
@@ -31,7 +29,7 @@ class SelectedPhotos:
 
     dataset: str
     size: str
-    fetch_list: Path
+    fetch_list: StorePath
 
 
 @dataclass(frozen=True)
@@ -59,17 +57,15 @@ def find_unused_photos(
     count = size_bytes = deleted = 0
     by_size: dict[str, tuple[int, int]] = {}
     busy: list[str] = []
-    photos_root = store.photos_root()
-    if not photos_root.is_dir():
-        return UnusedPhotos(0, 0, 0, {}, [])
-    for size_dir in sorted(p for p in photos_root.iterdir() if p.is_dir()):
+    # One listing per folder (a directory scan, or one listing of that prefix on a store).
+    for size_dir in (e for e in list_dir(store.photos_root()) if e.is_dir):
         lists = [s.fetch_list for s in selections if s.size == size_dir.name and s.fetch_list.exists()]
         size_count = size_total = 0
-        for folder in sorted(p for p in size_dir.iterdir() if p.is_dir() and _BATCH_FOLDER.match(p.name)):
+        for folder in (e for e in list_dir(size_dir.path) if e.is_dir and _BATCH_FOLDER.match(e.name)):
             wanted = _selected_ids(con, lists, folder.name, span) if lists and span else set()
             try:
                 lock = (
-                    acquire(store.photos_lock(size_dir.name, folder.name), purpose="deleting unused photos")
+                    acquire_guard(store.photos_lock(size_dir.name, folder.name), purpose="deleting unused photos")
                     if delete
                     else None
                 )
@@ -77,16 +73,15 @@ def find_unused_photos(
                 busy.append(f"{size_dir.name}/{folder.name}")
                 continue
             try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        match = _PHOTO_FILE.match(entry.name)
-                        if not match or int(match[1]) in wanted:
-                            continue
-                        size_count += 1
-                        size_total += entry.stat().st_size
-                        if delete:
-                            Path(entry.path).unlink(missing_ok=True)
-                            deleted += 1
+                for entry in list_dir(folder.path):
+                    match = _PHOTO_FILE.match(entry.name)
+                    if entry.is_dir or not match or int(match[1]) in wanted:
+                        continue
+                    size_count += 1
+                    size_total += entry.size
+                    if delete:
+                        entry.path.unlink(missing_ok=True)
+                        deleted += 1
             finally:
                 if lock:
                     lock.release()
@@ -97,7 +92,7 @@ def find_unused_photos(
     return UnusedPhotos(count, size_bytes, deleted, by_size, busy)
 
 
-def _selected_ids(con: duckdb.DuckDBPyConnection, fetch_lists: list[Path], batch: str, span: int) -> set[int]:
+def _selected_ids(con: duckdb.DuckDBPyConnection, fetch_lists: list[StorePath], batch: str, span: int) -> set[int]:
     """Ids in this batch's range of any of the fetch lists (sorted by photo_id: row groups are skipped)."""
     lo, hi = batch_range(batch, span)
     files = "[" + ", ".join(sql_string(f) for f in fetch_lists) + "]"

@@ -70,7 +70,20 @@ class _SettingsFromEnv(ConfigurableResource):
 class DataStoreResource(_SettingsFromEnv):
     """The data directory and its layout (paths and atomic writes live in inat_assets.storage)."""
 
-    data_dir: str = Field(default="./data", description="Folder for every output (INAT_DATA_DIR).")
+    data_dir: str = Field(
+        default="./data",
+        description=(
+            "Folder for every output, or an object store such as s3://bucket/prefix (credentials and endpoint "
+            "from the AWS_* variables) (INAT_DATA_DIR)."
+        ),
+    )
+    scratch_dir: str = Field(
+        default="",
+        description=(
+            "Local working space: DuckDB spill files, FIFOs, staged uploads, lock files. Empty = "
+            "<data_dir>/tmp for a local data dir, a folder under the system's temp folder for a store (INAT_SCRATCH_DIR)."
+        ),
+    )
     batch_span: int = Field(
         default=0,
         ge=0,
@@ -81,7 +94,7 @@ class DataStoreResource(_SettingsFromEnv):
     )
 
     def get(self) -> DataStore:
-        return DataStore.from_setting(self.data_dir)
+        return DataStore.from_setting(self.data_dir, self.scratch_dir)
 
 
 class DwcaResource(_SettingsFromEnv):
@@ -99,9 +112,9 @@ class DwcaResource(_SettingsFromEnv):
     csv_read_mode: str = Field(
         default="auto",
         description=(
-            "'stream' pipes each CSV member out of the zip into DuckDB (no disk for the CSV); 'extract' "
-            "inflates it to the scratch folder first so DuckDB reads it with all threads (needs the "
-            "member's size free); 'auto' extracts when there is room, else streams (INAT_CSV_READ_MODE)."
+            "'stream' pipes each CSV member out of the zip into DuckDB in chunks that DuckDB reads on "
+            "all threads while the rest inflates (no disk for the CSV); 'extract' inflates it to the "
+            "scratch folder first (needs the member's size free; slower); 'auto' streams (INAT_CSV_READ_MODE)."
         ),
     )
 
@@ -141,10 +154,12 @@ class InatDuckDBResource(DuckDBResource, _SettingsFromEnv):
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        temp_dir = Path(self.duckdb_temp_dir) if self.duckdb_temp_dir else self.store.get().scratch_dir("duckdb")
+        store = self.store.get()
+        temp_dir = Path(self.duckdb_temp_dir) if self.duckdb_temp_dir else store.scratch_dir("duckdb")
         with super().get_connection() as con:
             configure_duckdb(con, memory_limit=self.duckdb_memory_limit, threads=self.duckdb_threads, temp_dir=temp_dir)
-            yield con
+            # Reads Parquet on an object store through fsspec (DuckDB's httpfs would be downloaded at run time).
+            yield store.register(con)
 
 
 class PhotoDownloaderResource(_SettingsFromEnv):

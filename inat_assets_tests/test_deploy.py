@@ -11,8 +11,9 @@ No Docker daemon, no Kubernetes and no `helm` binary here. So:
 - the K8sRunLauncher is built from that config (with a kubeconfig file instead of the in-cluster one) and
   makes the Kubernetes Job of a batch run whose tags come from the product's own batch-fill sensor, so
   the pod resources of `INAT_BATCH_K8S_CONFIG` are those of a real Job object;
-- the build context the Dockerfile copies is installed as the Dockerfile does, and the chart's
-  `dagster api grpc` command with the values' arguments serves `inat_assets.definitions` from it.
+- the build context the Dockerfile copies is installed as the Dockerfile does (a normal install, the
+  sources removed), and the chart's `dagster api grpc` command with the values' arguments serves
+  `inat_assets.definitions` from that install.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import jsonschema
 import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRun, instance_for_test
+from dagster._api.list_repositories import sync_list_repositories_grpc
 from dagster._config import process_config
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
+from dagster._grpc.client import DagsterGrpcClient
 from dagster._serdes.config_class import ConfigurableClassData
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
@@ -54,8 +58,12 @@ from inat_assets.automation import (
     batch_fill_sensor,
     batch_run_tags,
 )
+from inat_assets.download.config import DEFAULT_HOST_LIMITS, STATIC_HOST
+from inat_assets.download.host_budget import open_ledger
 from inat_assets.errors import InatAssetsError
-from inat_assets.resources import DataStoreResource, inat_resources
+from inat_assets.instance import POSTGRES_URL_ENV, check_postgres_url
+from inat_assets.resources import DataStoreResource, PhotoDownloaderResource, inat_resources
+from inat_assets_tests.test_wheel_install import copy_project_sources, installed_graph
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -291,7 +299,7 @@ def test_rendered_instance_config_is_valid_for_the_installed_dagster(
         klass = getattr(importlib.import_module(data.module_name), data.class_name)
         result = process_config(klass.config_type(), data.config_dict)
         assert result.success, f"{section}: {result.errors}"
-    assert config["concurrency"] == {"runs": {"max_concurrent_runs": 8}, "pools": {"default_limit": 1, "granularity": "run"}}
+    assert config["concurrency"] == {"runs": {"max_concurrent_runs": 17}, "pools": {"default_limit": 16, "granularity": "run"}}
     assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
     assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["max_resume_run_attempts"] == 0
     assert "config" not in config["run_coordinator"]  # the run limit lives under concurrency
@@ -314,16 +322,81 @@ def test_the_run_limit_under_the_run_coordinator_is_refused_next_to_pools(
         validate_instance(render_instance_yaml(interval), tmp_path / "b")
 
 
-def test_pool_and_run_limits_are_read_by_the_instance_as_the_packaged_ones_are(instance_yaml: dict[str, Any]) -> None:
-    """The rendered concurrency settings mean to Dagster what the packaged single-machine dagster.yaml means."""
+def test_pool_and_run_limits_follow_the_packaged_ones_rule(values: dict[str, Any], instance_yaml: dict[str, Any]) -> None:
+    """Read by Dagster as the packaged single-machine dagster.yaml is: every run slot but one may download
+    (the one left is for the archive, table and fetch-list runs), and a full pool queues runs, holding no slot.
+    The batch-fill sensors keep at least a pool's worth of batch runs in flight, so one dataset fills it."""
     from inat_assets.instance import packaged_dagster_yaml
 
-    packaged = yaml.safe_load(packaged_dagster_yaml())
-    with instance_for_test(overrides={"concurrency": instance_yaml["concurrency"]}) as instance:
-        settings = instance.get_concurrency_config()
-        assert settings.pool_config.default_pool_limit == packaged["concurrency"]["pools"]["default_limit"] == 1
-        assert settings.pool_config.pool_granularity.value == packaged["concurrency"]["pools"]["granularity"]
-        assert settings.run_queue_config.max_concurrent_runs == 8
+    packaged = yaml.safe_load(packaged_dagster_yaml())["concurrency"]
+    limits = []
+    for concurrency in (packaged, instance_yaml["concurrency"]):
+        with instance_for_test(overrides={"concurrency": concurrency}) as instance:
+            settings = instance.get_concurrency_config()
+            pool, runs = settings.pool_config.default_pool_limit, settings.run_queue_config.max_concurrent_runs
+            assert pool == runs - 1, f"{pool} downloads in {runs} run slots"
+            assert settings.pool_config.pool_granularity.value == "run"
+            limits.append(pool)
+    assert limits == [3, 16]  # the cluster's is larger: the budgets are shared, not multiplied
+    in_flight = int(deployment_env(values)["INAT_BATCH_RUNS_IN_FLIGHT"])
+    assert in_flight >= limits[1]
+    # docs/running-at-scale.md states the cluster's three numbers.
+    row = f"| cluster (`deploy/values.yaml`) | {limits[1] + 1} | {limits[1]} | {in_flight} |"
+    assert row in (REPO / "docs" / "running-at-scale.md").read_text()
+
+
+def test_the_charts_instance_gives_the_downloads_its_own_database_as_their_shared_budget(
+    values: dict[str, Any], instance_yaml: dict[str, Any], postgres_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the cluster the instance comes from the chart's dagster.yaml (postgres_db, the password from the
+    secret), not from INAT_DAGSTER_POSTGRES_URL; a batch run's downloader still finds the per-host ledger in
+    the instance's database. Against a real PostgreSQL server standing in for the chart's."""
+    env = deployment_env(values)
+    # Neither is needed on the cluster; set by hand they would have to name the same database.
+    assert "INAT_DAGSTER_POSTGRES_URL" not in env and "INAT_HOST_BUDGET" not in env
+    server = urlsplit(postgres_url)
+    database = server.path.lstrip("/")
+    rendered = copy.deepcopy({k: instance_yaml[k] for k in ("run_storage", "event_log_storage", "schedule_storage")})
+    for block in rendered.values():
+        pg = block["config"]["postgres_db"]
+        assert pg["password"] == {"env": "DAGSTER_PG_PASSWORD"}  # what the chart sets from the secret
+        pg.update(hostname=server.hostname, port=server.port, username=server.username, db_name=database)
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "unused-by-trust-auth")
+    for name in ("INAT_HOST_BUDGET", "INAT_DAGSTER_POSTGRES_URL"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({**rendered, "concurrency": instance_yaml["concurrency"]}))
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        with dg.build_resources({"downloader": PhotoDownloaderResource()}, instance=instance) as resources:
+            budget = resources.downloader.download_config(retries=0, try_other_host=False, processes=1).host_budget
+    finally:
+        instance.dispose()
+    # The chart's URL names psycopg2 (postgresql.postgresqlScheme), as the product asks of INAT_DAGSTER_POSTGRES_URL:
+    # without it SQLAlchemy 2.1 opened the storages with psycopg 3, which neither the image nor this venv has.
+    check_postgres_url({POSTGRES_URL_ENV: budget})
+    ledger_db = urlsplit(budget)
+    assert (ledger_db.hostname, ledger_db.port, ledger_db.path.lstrip("/")) == (server.hostname, server.port, database)
+    ledger = open_ledger(budget)
+    try:
+        assert ledger.claim(STATIC_HOST, DEFAULT_HOST_LIMITS[STATIC_HOST]).granted
+        ledger.record(STATIC_HOST, 1234)
+    finally:
+        ledger.close()
+    # The bytes are in the instance's own database, where every other batch pod counts them.
+    import psycopg2
+
+    con = psycopg2.connect(host=server.hostname, port=server.port, user=server.username, dbname=database)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT sum(bytes) FROM inat_host_bytes WHERE host = %s", (STATIC_HOST,))
+            assert cur.fetchone() == (1234,)
+            cur.execute("SELECT count(*) FROM runs")  # Dagster's run storage, in the same database
+            assert cur.fetchone() == (0,)
+    finally:
+        con.close()
 
 
 # --- batch runs: the dagster-k8s/config tag from the product, into a Kubernetes Job ---------------------
@@ -393,16 +466,48 @@ def test_batch_runs_request_their_own_pod_resources_through_the_tag(
     batch_pod = run_job(launcher, values, tags).spec.template
     container = batch_pod.spec.containers[0]
     assert container.image == JOB_IMAGE
-    assert container.resources.requests == {"cpu": "1", "memory": "512Mi"}
-    assert container.resources.limits == {"memory": "1Gi"}
+    assert container.resources.requests == {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "1Gi"}
+    assert container.resources.limits == {"cpu": "1", "memory": "1Gi"}
+    # The download processes a batch run starts in that pod: one per core it requested.
+    assert batch_download_processes(container.resources.limits["cpu"], tmp_path, monkeypatch) == 1
     assert batch_pod.metadata.labels["inat/run"] == "image-batch"
     # The code location's secrets and volumes reach the run pod (includeConfigInLaunchedRuns).
     assert {source.secret_ref.name for source in container.env_from if source.secret_ref} == {"inat-assets-aws"}
-    assert {m.mount_path for m in container.volume_mounts} >= {"/data", "/scratch"}
+    # The data dir is the bucket of the compute logs, and no pod mounts a shared volume: the only volume is
+    # the pod's own scratch (an emptyDir), where INAT_SCRATCH_DIR points.
+    env = {e.name: e.value for e in container.env or []} | deployment_env(values)
+    assert env["INAT_DATA_DIR"].startswith("s3://")
+    bucket = values["computeLogManager"]["config"]["s3ComputeLogManager"]["bucket"]
+    assert env["INAT_DATA_DIR"].removeprefix("s3://").split("/")[0] == bucket
+    assert [(v.name, v.empty_dir is not None) for v in batch_pod.spec.volumes] == [("scratch", True)]
+    assert [v.persistent_volume_claim or v.nfs for v in batch_pod.spec.volumes] == [None]
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("scratch", env["INAT_SCRATCH_DIR"])]
+    assert "INAT_DUCKDB_TEMP_DIR" not in env  # DuckDB spills under INAT_SCRATCH_DIR by default
 
     # A run without the tag (the conversion, a fetch list) gets the run launcher's default pod.
     other = run_job(launcher, values, {"dagster/partition": "x"}).spec.template.spec.containers[0]
-    assert other.resources.requests == {"cpu": "2", "memory": "8Gi"}
+    assert other.resources.requests == {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "200Gi"}
+
+
+def batch_download_processes(cpu_limit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Worker processes of an image-batch run (run config and settings at their defaults) in a container whose
+    CPU limit is ``cpu_limit`` (a cgroup v2 quota written as the kubelet does), on a node with more cores."""
+    from inat_assets.assets.images import ImageBatchConfig
+    from inat_assets.download import config as download_config
+
+    default = ImageBatchConfig.model_fields["processes"].default
+    if default is not None:  # a fixed number, whatever the pod
+        return default
+    quota = int(float(cpu_limit.removesuffix("m")) / (1000 if cpu_limit.endswith("m") else 1) * 100_000)
+    cgroup = tmp_path / "cgroup"
+    (cgroup / "kubepods" / "pod1").mkdir(parents=True)
+    (cgroup / "kubepods" / "pod1" / "cpu.max").write_text(f"{quota} 100000\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("0::/kubepods/pod1\n")
+    # Its defaults name the real /sys/fs/cgroup and /proc/self/cgroup; worker_processes calls it without arguments.
+    monkeypatch.setattr(download_config.available_cores, "__defaults__", (str(cgroup), str(proc)))
+    monkeypatch.setattr(download_config.os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    return download_config.DownloadConfig().worker_processes(None)
 
 
 def test_code_server_resources_would_override_every_run_pod(
@@ -413,7 +518,8 @@ def test_code_server_resources_would_override_every_run_pod(
     with_resources = copy.deepcopy(values)
     code_deployment(with_resources)["resources"] = {"requests": {"cpu": "250m", "memory": "1Gi"}}
     container = run_job(launcher, with_resources, {}).spec.template.spec.containers[0]
-    assert container.resources.requests == {"cpu": "250m", "memory": "1Gi"}
+    # Merged key by key: the code server's cpu and memory replace the launcher's 2 CPU and 8Gi.
+    assert container.resources.requests == {"cpu": "250m", "memory": "1Gi", "ephemeral-storage": "200Gi"}
 
 
 def test_the_batch_job_carries_the_tag_and_a_bad_setting_is_refused_when_the_code_loads(
@@ -477,29 +583,41 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
     instructions = dockerfile_instructions()
     copies = [args.split() for op, args in instructions if op == "COPY"]
     assert copies, "the Dockerfile copies nothing"
+    (install,) = [args for op, args in instructions if op == "RUN" and "pip install" in args]
+    # A normal install (not `-e`) of the folder the sources are copied to, which is then removed.
+    build_dir = re.fullmatch(r'pip install "(/[^"\[]+)\[([a-z0-9,]+)\]" && rm -rf (\S+) && .*', install)
+    assert build_dir, f"not a normal install of the copied sources, then removed: {install}"
+    assert build_dir[1] == build_dir[3]
+    # The extras it installs: the deploy extra, and s3fs for the data dir the values put in the bucket.
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = [req for extra in build_dir[2].split(",") for req in extras[extra]]
+    assert set(extras["deploy"]) <= set(installed)
+    assert deployment_env(values)["INAT_DATA_DIR"].startswith("s3://")
+    assert any(re.match(r"s3fs\b", req) for req in installed), f"no s3fs in the image's extras: {install}"
+    (workdir,) = [args for op, args in instructions if op == "WORKDIR"]
+    assert not Path(build_dir[1]).is_relative_to(workdir), "sources in the working directory shadow the install"
     context = tmp_path / "context"
     context.mkdir()
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    for *sources, _dest in copies:
+    for *sources, dest in copies:
+        # Each source lands at <build dir>/<its name>: the layout the package build expects.
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
             assert source.rstrip("/") in kept, f"COPY {source}: excluded by Dockerfile.dockerignore"
-            if (REPO / source).is_dir():
-                shutil.copytree(REPO / source, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            else:
-                shutil.copy2(REPO / source, context / source)
-    (install,) = [args for op, args in instructions if op == "RUN" and "pip install" in args]
-    assert '-e ".[deploy]"' in install
+            landed = Path(dest) / source if dest.endswith("/") else Path(dest)
+            assert landed == Path(build_dir[1]) / source, f"COPY {source} {dest}: not at {build_dir[1]}/{source}"
+        copy_project_sources(context, tuple(sources))
 
-    # The Dockerfile's install of exactly that context (editable, as there), into a folder of its own;
+    # The Dockerfile's install of exactly that context (not editable, as there) into a folder of its own;
     # the dependencies are this venv's (the deploy extra is pinned to them, tested above).
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), "-e", "."],
-        cwd=context, check=True, timeout=300,
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(context)],
+        check=True, timeout=300,
     )  # fmt: skip
     assert list(target.glob("inat_assets-*.dist-info")), "the build context did not install"
+    shutil.rmtree(context)  # the Dockerfile's rm -rf
 
     deployment = code_deployment(values)
     (cmd,) = [json.loads(args) for op, args in instructions if op == "CMD"]
@@ -511,10 +629,10 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
     command[command.index("-p") + 1], command[command.index("-h") + 1] = str(port), "127.0.0.1"
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INAT_", "DAGSTER_HOME"))}
-    # The editable install points `inat_assets` at the context folder (/opt/dagster/app in the image); on
-    # PYTHONPATH it is found before this venv's own editable copy of the repository.
-    env.update(PYTHONPATH=str(context), DAGSTER_HOME=str(tmp_path / "home"), INAT_DATA_DIR=str(tmp_path / "data"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INAT_", "DAGSTER_HOME", "PYTHONPATH"))}
+    # The install in site-packages (here the target folder, first on PYTHONPATH, before this venv's
+    # editable copy of the repository), started from an empty working directory as in the image.
+    env.update(PYTHONPATH=str(target), DAGSTER_HOME=str(tmp_path / "home"), INAT_DATA_DIR=str(tmp_path / "data"))
     (tmp_path / "home").mkdir()
     log = tmp_path / "grpc.log"
     with open(log, "wb") as out:
@@ -526,15 +644,13 @@ def test_the_build_context_installs_and_serves_the_code_location_with_the_charts
             assert server.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the code server did not answer in 180 s\n" + log.read_text()[-3000:]
             time.sleep(1)
-        # The server loaded the context's copy, with every declared dataset's assets.
-        probe = subprocess.run(
-            [sys.executable, "-c", "import inat_assets.definitions as d, inat_assets; print(inat_assets.__file__); "
-             "print(','.join(sorted(k.to_user_string() for k in d.defs.resolve_all_asset_keys())))"],
-            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=True,
-        )  # fmt: skip
-        location, keys = probe.stdout.strip().splitlines()[-2:]
-        assert Path(location).is_relative_to(context)
-        assert {"plants/image_batches", "fungi_open/image_batches", "observations_parquet"} <= set(keys.split(","))
+        # The server loaded the code (a load error would come back here instead of the repository) ...
+        (symbol,) = sync_list_repositories_grpc(DagsterGrpcClient(port=port, host="127.0.0.1")).repository_symbols
+        assert symbol.repository_name == "__repository__"
+        # ... from the installed copy, with every declared dataset's assets.
+        location, keys = installed_graph(target, elsewhere)
+        assert location.is_relative_to(target)
+        assert {"plants/image_batches", "fungi_open/image_batches", "observations_parquet"} <= keys
     finally:
         server.terminate()
         try:

@@ -23,6 +23,7 @@ FIGURES = {name: fig.value for name, fig in projection.DEFAULTS.items()} | {
     "images_per_s": 1000.0,
     "cpu_ms_per_image": 1.0,
     "cpu_ms_per_mb": 2.0,
+    "upload_cpu_ms_per_photo": 0.0,  # a data dir on a local disk; the store's PUTs are tested below
     "worker_cores": 2.0,
     "worker_link_gbps": 1.0,
     "egress_gbps": 10.0,
@@ -47,6 +48,12 @@ def test_one_worker_is_limited_by_latency_and_many_by_the_store() -> None:
     assert many.limit == "static host budget"
     originals = projection.project(FIGURES, "original", 64)  # 500 KB: the daily budget binds
     assert originals.days_static == pytest.approx(10e6 * 500e3 / 22e9)
+
+
+def test_the_stores_put_cpu_makes_a_worker_cpu_bound() -> None:
+    # 1.0 + 2.0 x 0.05 + 2.9 = 4.0 ms of CPU per photo on 2 cores: 500 photos/s, under the 1000 of latency.
+    row = projection.project(FIGURES | {"upload_cpu_ms_per_photo": 2.9}, "medium", 1)
+    assert row.worker_limit == "CPU" and row.per_worker == pytest.approx(500)
 
 
 def test_originals_are_limited_by_the_link_then_egress_and_the_queue_by_small_batches() -> None:

@@ -28,7 +28,7 @@ def test_every_setting_reads_the_variable_named_after_it_and_the_readme_names_st
     assert variables == {
         "INAT_DATA_DIR", "INAT_BATCH_SPAN", "INAT_DWCA_SOURCE", "INAT_CSV_READ_MODE", "INAT_DUCKDB_MEMORY_LIMIT",
         "INAT_DUCKDB_THREADS", "INAT_DUCKDB_TEMP_DIR", "INAT_CONTACT", "INAT_ALLOWED_HOSTS",
-        "INAT_DOWNLOAD_CONCURRENCY", "INAT_PHOTO_MIRROR", "INAT_HOST_BUDGET",
+        "INAT_DOWNLOAD_CONCURRENCY", "INAT_PHOTO_MIRROR", "INAT_HOST_BUDGET", "INAT_SCRATCH_DIR",
     }  # fmt: skip
     assert variables <= readme
     resources = inat_resources(environ={"INAT_DATA_DIR": "/d", "INAT_DUCKDB_THREADS": "3"}, contact="me@example.org")

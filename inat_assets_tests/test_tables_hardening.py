@@ -351,3 +351,93 @@ def test_crlf_normalizer_gives_the_same_stream_whatever_the_chunk_boundaries() -
     assert [(e.offset, e.reason.split(" ")[0]) for e in reference[1]] == [(17, "carriage"), (20, "line"), (197, "carriage")]
     for size in (1, 2, 3, 5, 8, 13, 64):
         assert normalize(size) == reference, size
+
+
+# Chunked conversion ---------------------------------------------------------------------------
+def _convert(archive: Path, data: Path, read_mode: str, table: str = "observations") -> tuple[object, list]:
+    info = inspect_archive(archive)
+    messages: list[str] = []
+    with duckdb.connect() as con:
+        result = convert_member(
+            con, archive, getattr(info, table), data / f"{table}.parquet", data / "rejects" / f"{table}.parquet",
+            data / "tmp", read_mode=read_mode, log=messages.append,  # type: ignore[arg-type]
+        )  # fmt: skip
+    return result, messages
+
+
+@pytest.mark.parametrize("read_mode", ["stream", "extract"])
+def test_chunked_member_keeps_every_row_and_the_real_line_numbers(
+    tmp_path: Path, read_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of ~300 bytes: quoted newlines at and around every cut, rejects in many chunks."""
+    import inat_assets.dwca.convert as convert
+
+    monkeypatch.setattr(convert, "MAX_LINE_BYTES", 2000)
+    monkeypatch.setattr(convert, "CHUNK_BYTES", 300)
+    lines, bad = [], {}
+    for i in range(1, 401):
+        if i % 37 == 0:
+            lines.append(f"{i},not-a-number,Quercus robur,Plantae,ok")  # a cast error
+            bad[i] = "Could not convert"
+        elif i % 53 == 0:
+            lines.append(f"{i},{100 + i},Quercus robur,Plantae")  # a missing column
+            bad[i] = "Expected Number of Columns"
+        elif i % 71 == 0:
+            lines.append(_obs_line(i, "bare\rcr"))
+            bad[i] = "carriage return"
+        elif i == 250:
+            lines.append(_obs_line(i, "y" * 5000))  # over MAX_LINE_BYTES
+            bad[i] = "maximum line size"
+        elif i % 3 == 0:
+            lines.append(_obs_line(i, f'"two\nlines, {i}"'))  # a quoted newline, often across a cut
+        else:
+            lines.append(_obs_line(i, '"say ""hi"""'))
+    text = _lines(OBS_HEADER, lines, ["\n"])
+    archive = _archive(tmp_path / "chunks.zip", text, _lines(MEDIA_HEADER, [_media_line(1)], ["\n"]))
+    result, messages = _convert(archive, tmp_path / "data", read_mode)
+    assert result.rows == 400 - len(bad) and result.rejected_lines == len(bad)  # type: ignore[attr-defined]
+    assert any("up to" in m and "chunk(s)" in m for m in messages)
+    got = dict(query(f"SELECT id, occurrenceRemarks FROM '{tmp_path}/data/observations.parquet'"))
+    assert got[3] == "two\nlines, 3" and got[4] == 'say "hi"' and len(got) == 400 - len(bad)
+    # Each reject's line is the line the record starts on in the file, counting every \n.
+    long_line = _obs_line(250, "y" * 5000).encode()
+    normalized = text.replace(b"\r", b"\xff").replace(long_line, long_line[: 2000 + 64])  # what DuckDB read
+    starts = {int(line.split(b",", 1)[0]): n + 1 for n, line in enumerate(normalized.split(b"\n")) if line[:1].isdigit()}
+    rejects = query(f"SELECT line, byte_offset, reason, raw_line FROM '{tmp_path}/data/rejects/observations.parquet' ORDER BY line")
+    assert [(line, int(raw.split(",")[0])) for line, _, _, raw in rejects] == sorted((starts[i], i) for i in bad)
+    for _line, offset, reason, raw in rejects:
+        identifier = int(raw.split(",")[0])
+        assert bad[identifier] in reason, (identifier, reason)
+        assert normalized[offset - 1 :].startswith(f"{identifier},".encode())  # offset: the line's start + 1
+
+
+@pytest.mark.parametrize("read_mode", ["stream", "extract"])
+def test_chunked_member_of_a_damaged_archive_is_an_archive_error(
+    sample_48: SampleArchiveInfo, tmp_path: Path, read_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inat_assets.dwca.convert as convert
+
+    monkeypatch.setattr(convert, "CHUNK_BYTES", 4096)  # many pipes, most never fed when inflating fails
+    archive = _lying_zip(tmp_path / "lying.zip", declared=200_000)
+    with pytest.raises(ArchiveError, match="inflates to more than the 200,000 bytes"):
+        _convert(archive, tmp_path / "data", read_mode)
+    assert not (tmp_path / "data" / "observations.parquet").exists()
+    assert not [p for p in (tmp_path / "data" / "tmp").iterdir() if p.is_dir()]  # no run folder, no pipe left
+
+
+def test_stray_quote_before_a_cut_loses_no_line_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An odd quote count would make every later \\n look quoted; the chunker resyncs after MAX_LINE_BYTES."""
+    import inat_assets.dwca.convert as convert
+
+    monkeypatch.setattr(convert, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(convert, "CHUNK_BYTES", 500)
+    lines = [_obs_line(i) for i in range(1, 301)]
+    lines[9] = '10,110,Quercus robur,Plantae,ok"'  # an odd quote at a field's end (malformed)
+    archive = _archive(tmp_path / "stray.zip", _lines(OBS_HEADER, lines, ["\n"]), _lines(MEDIA_HEADER, [_media_line(1)], ["\n"]))
+    result, messages = _convert(archive, tmp_path / "data", "stream")
+    assert any("quote count went odd" in m for m in messages)
+    ids = {i for (i,) in query(f"SELECT id FROM '{tmp_path}/data/observations.parquet'")}
+    raw = " ".join(r for (r,) in query(f"SELECT raw_line FROM '{tmp_path}/data/rejects/observations.parquet'"))
+    missing = [i for i in range(1, 301) if i not in ids and f"{i},{100 + i}," not in raw]
+    assert missing == []  # every line is a row or in the rejects, none vanished
+    assert result.rows + result.rejected_lines <= 300  # type: ignore[attr-defined]

@@ -3,15 +3,18 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from inat_assets.dwca.archive import ArchiveInfo, inspect_archive
-from inat_assets.dwca.source import archive_location, last_modified_iso, resolve_archive
+from inat_assets.dwca.source import last_modified_iso, local_archive, resolve_archive
 from inat_assets.resources import DataStoreResource, DwcaResource
 
 ARCHIVE_GROUP = "archive"
 
 
 def locate_archive(dwca: DwcaResource, store: DataStoreResource) -> ArchiveInfo:
-    """The archive that `dwca_archive` materialized, inspected again (reads only the zip directory and headers)."""
-    return inspect_archive(archive_location(dwca.source(), store.get().archive_dir()))
+    """The archive that `dwca_archive` materialized, inspected again (reads only the zip directory and headers).
+
+    On an object store, from a local copy of the stored archive (made once per version and machine)."""
+    paths = store.get()
+    return inspect_archive(local_archive(dwca.source(), paths.archive_dir(), paths.scratch_dir("archive")))
 
 
 @asset(
@@ -24,14 +27,17 @@ def locate_archive(dwca: DwcaResource, store: DataStoreResource) -> ArchiveInfo:
     ),
 )
 def dwca_archive(context: AssetExecutionContext, dwca: DwcaResource, store: DataStoreResource) -> MaterializeResult:
-    source = resolve_archive(dwca.source(), store.get().archive_dir(), log=context.log.info)
+    paths = store.get()
+    source = resolve_archive(
+        dwca.source(), paths.archive_dir(), log=context.log.info, cache_dir=paths.scratch_dir("archive")
+    )
     info = inspect_archive(source.path)
     for warning in info.warnings:
         context.log.warning(warning)
     members = "\n".join(f"| {name} | {size:,} |" for name, size in sorted(info.members.items()))
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(info.path)),
+            "path": MetadataValue.path(source.stored_at or str(info.path)),
             "origin": source.origin,
             "size_bytes": info.size,
             "etag": source.etag or "",

@@ -28,9 +28,10 @@ from pydantic import Field
 from inat_assets.assets.partitions import image_batch_partitions
 from inat_assets.batches import batch_range, count_batch, iter_batch_tasks, load_span
 from inat_assets.download import DownloadSummary, Progress, run_download
-from inat_assets.locks import LockedError, acquire
+from inat_assets.download.object_writer import photo_writer
+from inat_assets.locks import LockedError
 from inat_assets.resources import DataStoreResource, InatDuckDBResource, PhotoDownloaderResource
-from inat_assets.storage import DataStore
+from inat_assets.storage import DataStore, acquire_guard
 
 if TYPE_CHECKING:
     from inat_assets.components.dataset import InatDataset
@@ -165,7 +166,7 @@ def download_batch(
     fetch_list, folder = store.fetch_list(name), store.photos_dir(size, key)
     # Two datasets downloading the same photo folder at once would delete each other's partial files.
     try:
-        folder_lock = acquire(store.photos_lock(size, key), purpose=f"{name} downloading {key}")
+        folder_lock = acquire_guard(store.photos_lock(size, key), purpose=f"{name} downloading {key}")
     except LockedError as exc:
         raise Failure(f"{key}: {exc}; Dagster retries this batch later.", allow_retries=True) from exc
     try:
@@ -175,8 +176,9 @@ def download_batch(
             context.log.info(f"{name} {key}: {total:,} photos with ids in [{lo:,}, {hi:,}), size {size}")
             summary = run_download(
                 downloader.routed(iter_batch_tasks(con, fetch_list, key, span)),
-                dest_dir=folder,
+                dest_dir=folder,  # type: ignore[arg-type]
                 manifest_path=store.manifest(name, key),
+                writer=photo_writer(folder),  # objects (PUT from memory) when the data dir is a store
                 config=downloader.download_config(
                     retries=config.retries, try_other_host=config.try_other_host, processes=config.processes
                 ),

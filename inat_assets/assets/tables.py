@@ -1,7 +1,6 @@
 """Stage 2: the archive's CSV members as typed Parquet tables (observations, media)."""
 
 import os
-from pathlib import Path
 
 import pyarrow.parquet as pq
 from dagster import (
@@ -25,6 +24,7 @@ from inat_assets.assets.archive import dwca_archive, locate_archive
 from inat_assets.dwca.convert import DEFAULT_MAX_REJECT_SHARE, ConversionResult, convert_member, sql_string
 from inat_assets.dwca.schema import Table
 from inat_assets.resources import DataStoreResource, DwcaResource
+from inat_assets.storage import StorePath
 
 TABLES_GROUP = "tables"
 
@@ -90,9 +90,10 @@ def _metadata(result: ConversionResult, columns: int) -> dict[str, object]:
     }
 
 
-def parquet_table_schema(path: Path) -> TableSchema:
-    """Column names and types of a written Parquet file, from its footer (no data read)."""
-    schema = pq.read_schema(path)
+def parquet_table_schema(path: StorePath) -> TableSchema:
+    """Column names and types of a written Parquet file, from its footer (no data read; on a store, a range read)."""
+    with path.open("rb") as file:
+        schema = pq.read_schema(file)
     return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
 
 

@@ -10,7 +10,6 @@ by a schedule) once the batches wanted are in, not after each of thousands of ba
 
 import base64
 import datetime as dt
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
@@ -19,7 +18,7 @@ from inat_assets.assets.archive import dwca_archive
 from inat_assets.assets.tables import observations_parquet
 from inat_assets.dwca.source import archive_location
 from inat_assets.resources import DataStoreResource, DwcaResource, InatDuckDBResource
-from inat_assets.storage import DataStore
+from inat_assets.storage import DataStore, StorePath
 from inat_assets.training import TrainingDatasetResult, build_training_dataset
 from inat_assets.training.report import drop_lines
 
@@ -37,12 +36,13 @@ def archive_info(context: AssetExecutionContext, dwca: DwcaResource, store: Data
     event = context.instance.get_latest_materialization_event(dwca_archive.key)
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
     values = {k: str(getattr(v, "value", v)) for k, v in meta.items()}
-    path = Path(values.get("path") or archive_location(dwca.dwca_source, store.archive_dir()))
+    # A recorded path may be a store URL (s3://...): parsed by the store, never as a local Path.
+    path = store.locate(values["path"]) if values.get("path") else archive_location(dwca.dwca_source, store.archive_dir())
     info = {"archive": str(path)}
     if values.get("etag"):
         info["ETag"] = values["etag"]
     modified = values.get("last_modified")
-    if not modified and path.is_file():  # a local archive has no Last-Modified header: its file date
+    if not modified and path.is_file():  # a local archive has no Last-Modified header: its file (or object) date
         modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
     if modified:
         info["last modified"] = modified
@@ -51,8 +51,8 @@ def archive_info(context: AssetExecutionContext, dwca: DwcaResource, store: Data
     return info
 
 
-def _plot_markdown(path: Path) -> MetadataValue:
-    """The PNG as a markdown image with a data: URI, which the Dagster UI renders inline."""
+def _plot_markdown(path: StorePath) -> MetadataValue:
+    """The PNG as a markdown image with a data: URI, which the Dagster UI renders inline (one GET on a store)."""
     data = path.read_bytes()
     if len(data) > MAX_EMBEDDED_PLOT_BYTES:
         return MetadataValue.md(f"{path} ({len(data):,} bytes, too large to embed)")

@@ -9,17 +9,18 @@ materialized, failed, in progress, or missing (never run).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import duckdb
 from dagster import AssetKey, DagsterInstance, Definitions, DynamicPartitionsDefinition
 
 from inat_assets.batches import batch_range, load_span
 from inat_assets.dwca.convert import sql_string
+from inat_assets.errors import InatAssetsError
 from inat_assets.instance import data_store_from_env, open_instance
+from inat_assets.storage import DataStore, StorePath
 
 STATUSES = ("materialized", "failed", "in-progress", "missing")
 FETCH_LIST_NAME = "fetch_parquet"
@@ -66,36 +67,37 @@ def image_datasets(defs: Definitions) -> list[ImageDataset]:
     return found
 
 
-def _fetch_list(instance: DagsterInstance, dataset: ImageDataset) -> tuple[Path | None, int | None]:
+def _fetch_list(instance: DagsterInstance, dataset: ImageDataset, store: DataStore) -> tuple[StorePath | None, int | None]:
     """The fetch list's path and the batch span, from its latest materialization (or batches.json)."""
-    path: Path | None = None
+    path: StorePath | None = None
     span: int | None = None
     event = instance.get_latest_materialization_event(dataset.fetch_key) if dataset.fetch_key else None
     if event and event.asset_materialization:
         meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
-        path = Path(str(meta["path"])) if meta.get("path") else None
+        path = store.locate(str(meta["path"])) if meta.get("path") else None
         span = int(meta["batch_span"]) if meta.get("batch_span") else None
     if span is None:
-        span = load_span(data_store_from_env().path("batches.json"))
+        span = load_span(store.batch_state())
     return path, span
 
 
-def _photos_per_batch(fetch_list: Path, span: int) -> dict[int, int]:
+def _photos_per_batch(store: DataStore, fetch_list: StorePath, span: int) -> dict[int, int]:
     # One aggregate over photo_id (a few MB read even for millions of photos); one row per batch comes back.
-    with duckdb.connect() as con:
+    with store.connect() as con:
         rows = con.execute(
             f"SELECT photo_id // {int(span)}, count(*) FROM read_parquet({sql_string(fetch_list)}) GROUP BY 1"
         ).fetchall()
     return {int(index): int(count) for index, count in rows}
 
 
-def list_batches(instance: DagsterInstance, dataset: ImageDataset) -> list[BatchRow]:
+def list_batches(instance: DagsterInstance, dataset: ImageDataset, store: DataStore | None = None) -> list[BatchRow]:
     keys = instance.get_dynamic_partitions(dataset.partitions_def.name)
     if not keys:
         return []
+    store = store or data_store_from_env()
     statuses = instance.get_status_by_partition(dataset.asset_key, keys, dataset.partitions_def) or {}
-    fetch_list, span = _fetch_list(instance, dataset)
-    counts = _photos_per_batch(fetch_list, span) if fetch_list and span and fetch_list.exists() else None
+    fetch_list, span = _fetch_list(instance, dataset, store)
+    counts = _photos_per_batch(store, fetch_list, span) if fetch_list and span and fetch_list.exists() else None
     rows = []
     for key in sorted(keys):
         status = statuses.get(key)
@@ -137,10 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets = [d for d in datasets if d.name == args.dataset]
         if not datasets:
             parser.error(f"no dataset named {args.dataset!r}; the datasets are: {names}")
-    instance = open_instance()
+    try:
+        store = data_store_from_env()
+        instance = open_instance()
+    except InatAssetsError as exc:  # an unusable INAT_DATA_DIR, or a store without DAGSTER_HOME
+        print(f"inat-assets batches: {exc}", file=sys.stderr)
+        return 2
     try:
         for number, dataset in enumerate(datasets):
-            rows = list_batches(instance, dataset)
+            rows = list_batches(instance, dataset, store)
             shown = [row for row in rows if args.status in (None, row.status)]
             if args.keys:
                 for row in shown:

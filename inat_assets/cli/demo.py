@@ -15,12 +15,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib.resources import as_file, files
-from pathlib import Path
 from typing import Any
 
-import duckdb
 from dagster import AssetKey, AssetsDefinition, DagsterInstance, ExecuteInProcessResult, materialize
 
 from inat_assets.assets.archive import dwca_archive
@@ -36,7 +34,7 @@ from inat_assets.cli.photos import declared_selections
 from inat_assets.cli.progress import RunningTotal, progress_display
 from inat_assets.dwca.convert import sql_string
 from inat_assets.resources import inat_resources
-from inat_assets.storage import DataStore
+from inat_assets.storage import DataStore, StorePath
 from inat_assets.testing.mirror import serve_mirror
 from inat_assets.training import summary_text
 
@@ -63,9 +61,9 @@ def _sample_archive() -> Any:
     return as_file(files("inat_assets") / "sample_data" / "sample-dwca.zip")
 
 
-def _demo_faults(fetch_list: Path) -> dict[int, list[str]]:
+def _demo_faults(store: DataStore, fetch_list: StorePath) -> dict[int, list[str]]:
     """A few photos that fail first (retried) and one that is gone (recorded as a permanent failure)."""
-    with duckdb.connect() as con:
+    with store.connect() as con:
         ids = [r[0] for r in con.execute(f"SELECT photo_id FROM read_parquet({sql_string(fetch_list)}) LIMIT 4").fetchall()]
     plan = [["503", "ok"], ["429:1", "ok"], ["reset", "ok"], ["404"]]
     return {photo_id: behaviours for photo_id, behaviours in zip(ids, plan, strict=False)}
@@ -92,7 +90,7 @@ def _dataset_assets(defs: Any, name: str) -> tuple[AssetsDefinition, Any, Assets
 
 
 @contextlib.contextmanager
-def _showing_batches(name: str, fetch_list: Path) -> Iterator[tuple[Callable[[str], None], dict]]:
+def _showing_batches(store: DataStore, name: str, fetch_list: StorePath) -> Iterator[tuple[Callable[[str], None], dict]]:
     """How the batches of one dataset show: (a function for a line of text, the batch runs' config).
 
     On a terminal, one live bar over all of the dataset's batches, fed by the asset's progress
@@ -102,7 +100,7 @@ def _showing_batches(name: str, fetch_list: Path) -> Iterator[tuple[Callable[[st
     if not display.is_bar:
         yield print, _QUIET
         return
-    with duckdb.connect() as con:
+    with store.connect() as con:
         photos = con.execute(f"SELECT count(*) FROM read_parquet({sql_string(fetch_list)})").fetchone()[0]  # type: ignore[index]
     op_config = {"config": {"progress_seconds": display.interval}}
     token = batch_progress_observer.set(RunningTotal(int(photos), display, time.monotonic))
@@ -113,22 +111,23 @@ def _showing_batches(name: str, fetch_list: Path) -> Iterator[tuple[Callable[[st
         batch_progress_observer.reset(token)
 
 
-def run_demo(data_dir: Path) -> int:
+def run_demo(store: DataStore) -> int:
     from inat_assets.definitions import defs
 
     started = time.monotonic()
-    print(f"inat-assets demo: writing to {data_dir}")
+    store.check()  # an unreachable bucket fails here, saying what to set, not in the first asset
+    print(f"inat-assets demo: writing to {store.url}")
     with _sample_archive() as sample, serve_mirror(("127.0.0.1",)) as mirror, tempfile.TemporaryDirectory() as home:
         resources = inat_resources(
             environ={},
-            data_dir=str(data_dir),
+            data_dir=store.url,
+            scratch_dir=str(store.scratch_root or ""),
             dwca_source=str(sample),
             photo_mirror=mirror.base_url(),
             allowed_hosts="127.0.0.1",
             download_concurrency=16,
             batch_span=500,  # sized for the bundled sample: its ~190 plant photos fall into four batches
         )
-        store = DataStore.from_setting(str(data_dir))
         datasets = [s.dataset for s in declared_selections(defs, store)]
         instance = DagsterInstance.local_temp(tempdir=home, overrides={"telemetry": {"enabled": False}})
         print(f"1/3 archive -> tables -> fetch lists of {', '.join(datasets)} (sample: {sample.name})")
@@ -141,12 +140,12 @@ def run_demo(data_dir: Path) -> int:
             f"{e.asset_key.to_user_string()} {e.check_name}": e.passed for e in tables.get_asset_check_evaluations()
         }
         if "plants" in datasets:
-            mirror.set_faults(_demo_faults(store.fetch_list("plants")))
+            mirror.set_faults(_demo_faults(store, store.fetch_list("plants")))
         for step, name in enumerate(datasets, start=1):
             _, _, images, _ = _dataset_assets(defs, name)
             keys = instance.get_dynamic_partitions(f"{name}_image_batches")
             print(f"2/3 ({step}/{len(datasets)}) {name}/image_batches: {len(keys)} partitions from {mirror.base_url()}")
-            with _showing_batches(name, store.fetch_list(name)) as (say, run_config):
+            with _showing_batches(store, name, store.fetch_list(name)) as (say, run_config):
                 for key in keys:
                     _run([images], instance, resources, partition_key=key, run_config=run_config)
                     say(f"    {name} {key} done")
@@ -159,7 +158,7 @@ def run_demo(data_dir: Path) -> int:
 
 def _print_summary(store: DataStore, datasets: list[str], checks: dict[str, bool], seconds: float) -> None:
     root = store.root
-    with duckdb.connect() as con:
+    with store.connect() as con:
 
         def one(sql: str) -> Any:
             return con.execute(sql).fetchone()[0]  # type: ignore[index]
@@ -194,7 +193,7 @@ def _print_summary(store: DataStore, datasets: list[str], checks: dict[str, bool
     print(f"\nphotos in {store.photos_root()} (one copy per photo and size); {seconds:.1f} s in all")
 
 
-def _print_training(out_dir: Path) -> None:
+def _print_training(out_dir: StorePath) -> None:
     """The training dataset's summary and how to load each of its exports."""
     print("  " + summary_text(out_dir).replace("\n", "\n  "))
     print("  load it:")
@@ -209,5 +208,10 @@ def _print_training(out_dir: Path) -> None:
     print(f"    or: inat-assets report {out_dir.parent.name}")
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()
+def demo_store(data_dir: str | None = None, environ: Mapping[str, str] | None = None) -> DataStore:
+    """The demo's data directory, through the one parse of INAT_DATA_DIR (a folder or an object-store URL):
+    ``data_dir``, else INAT_DATA_DIR, else ./demo-data (`demo` and `ui --demo` alike)."""
+    environ = os.environ if environ is None else environ
+    return DataStore.from_setting(
+        data_dir or environ.get("INAT_DATA_DIR") or DEMO_DATA_DIR, environ.get("INAT_SCRATCH_DIR", "")
+    )

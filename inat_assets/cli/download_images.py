@@ -10,6 +10,8 @@ else ``--batch-span``, else the span of the data dir the fetch list is in (its `
 a round span giving at least 250,000 photos per folder (the image_batches default); it is recorded in
 ``<output>/batches.json``.
 And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
+``--output`` and ``--parquet`` may be object-store URLs (``s3://bucket/prefix``; AWS_* variables):
+photos are then PUT one object each, the manifest uploaded once complete.
 A rerun skips every photo already on disk and retries only failures. A photo id listed twice is
 fetched once. Rows whose photo id is unusable (text, a fraction, NaN, negative, beyond 2^63, null)
 are reported and left out; the others are downloaded. Exit status: 0 when every photo is ok or
@@ -25,7 +27,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TextIO
 
 import pyarrow.parquet as pq
@@ -43,20 +44,23 @@ from inat_assets.download import (
 )
 from inat_assets.download.config import MAX_AUTO_PROCESSES, SMALL_RUN
 from inat_assets.download.manifest import os_error_cause
-from inat_assets.errors import InatAssetsError, InputError
+from inat_assets.download.object_writer import photo_writer
+from inat_assets.errors import InatAssetsError, InputError, StorageError
 from inat_assets.photos import PHOTO_SIZES, with_size
+from inat_assets.storage import StorePath, store_path
+from inat_assets.store import Location
 
 # (photo id column, URL column) per known input layout, most specific first.
 LAYOUTS = (("photo_id", "url"), ("foo", "identifier"))
 
 
 
-def open_fetch_list(path: Path) -> tuple[pq.ParquetFile, str, str, str | None]:
-    """The Parquet file and its (id column, URL column, format column or None)."""
+def open_fetch_list(path: StorePath) -> tuple[pq.ParquetFile, str, str, str | None]:
+    """The Parquet file (local, or on a store: read in ranges) and its (id column, URL column, format column or None)."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path.path, filesystem=path.fs) if isinstance(path, Location) else pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for "not Parquet"
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
     names = set(parquet.schema_arrow.names)
@@ -131,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="download-images", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[4:]))
-    parser.add_argument("--parquet", required=True, type=Path, help="fetch list (photo_id, url) or (foo, identifier)")
-    parser.add_argument("--output", required=True, type=Path, help="folder for batch folders and manifest.parquet")
+    parser.add_argument("--parquet", required=True,
+                        help="fetch list (photo_id, url) or (foo, identifier): a path or a store URL (s3://...)")
+    parser.add_argument("--output", required=True,
+                        help="folder (or store URL, s3://bucket/prefix) for batch folders and manifest.parquet")
     parser.add_argument("--size", choices=PHOTO_SIZES, default="original", help="rewrite /original.<ext> URLs to this size")
     parser.add_argument("--concurrency", type=int, default=DownloadConfig.concurrency,
                         help=f"requests in flight (default {DownloadConfig.concurrency})")
@@ -162,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        parquet, id_col, url_col, fmt_col = open_fetch_list(args.parquet)
-    except InputError as exc:
+        # Both through the one parse of paths and store URLs (inat_assets.storage): never a local "s3:" folder.
+        fetch_list = store_path(args.parquet, what="--parquet")
+        output = store_path(args.output, what="--output")
+        parquet, id_col, url_col, fmt_col = open_fetch_list(fetch_list)
+    except (InputError, StorageError) as exc:
         print(f"download-images: {exc}", file=sys.stderr)
         return 2
 
@@ -174,15 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         read_timeout=args.timeout, connect_timeout=max(args.timeout / 3, 1.0), request_deadline=args.timeout * 4,
         contact=args.contact, try_other_host=not args.no_other_host,
     )
-    output: Path = args.output
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        output.mkdir(parents=True, exist_ok=True)  # nothing to create on a store
     except OSError as exc:
         print(f"download-images: cannot create the output folder {output}: {os_error_cause(exc)}", file=sys.stderr)
         return 2
     manifest = output / "manifest.parquet"
     try:
-        span = span_for_folder(output, args.parquet, id_col, args.batch_span, record=parquet.metadata.num_rows > 0)
+        span = span_for_folder(output, fetch_list, id_col, args.batch_span, record=parquet.metadata.num_rows > 0)
     except InatAssetsError as exc:  # a span other than the recorded one, an unreadable batches.json
         print(f"download-images: {exc}", file=sys.stderr)
         return 2
@@ -197,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         with progress or contextlib.nullcontext():  # the bar ends (cursor back) before any message below
             summary = run_download(
                 iter_tasks(parquet, id_col, url_col, fmt_col, args.size, rows),
-                BatchFolders(output, span),
+                BatchFolders(output, span),  # type: ignore[arg-type]
                 manifest,
                 config,
+                writer=photo_writer(output),  # objects, one PUT each, when --output is a store URL
                 previous_manifest=manifest,
                 on_progress=progress,
                 progress_interval=args.progress_interval or (progress.interval if progress else 1.0),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         help="materialize every asset on the bundled sample against a local photo mirror (offline)",
     )
     demo.add_argument(
-        "--data-dir", type=Path, default=None, help="output folder (default: $INAT_DATA_DIR, else ./demo-data)"
+        "--data-dir",
+        default=None,
+        help="output folder or object store URL such as s3://bucket/prefix (default: $INAT_DATA_DIR, else ./demo-data)",
     )
     from inat_assets.cli import photos
 
@@ -75,14 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         return ui_main(demo=args.demo, port=args.port)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "env":
-        from inat_assets.instance import ensure_dagster_home, export_line
+    from inat_assets.errors import InatAssetsError
 
-        print(export_line(ensure_dagster_home()))
-        return 0
-    from inat_assets.cli.demo import default_data_dir, run_demo
+    try:
+        if args.command == "env":
+            from inat_assets.instance import ensure_dagster_home, export_line
 
-    return run_demo((args.data_dir or default_data_dir()).resolve())
+            print(export_line(ensure_dagster_home()))
+            return 0
+        from inat_assets.cli.demo import demo_store, run_demo
+
+        return run_demo(demo_store(args.data_dir))
+    except InatAssetsError as exc:  # INAT_DATA_DIR or DAGSTER_HOME unusable: the message says what to do
+        print(f"inat-assets {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ per size) and removes them only with ``--delete``. Run it when no image batch is
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+import sys
 from typing import TYPE_CHECKING
 
+from inat_assets.errors import InatAssetsError
 from inat_assets.photo_usage import SelectedPhotos
 from inat_assets.storage import DataStore
 
@@ -37,22 +37,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     unused = sub.add_parser("unused", help="count (and with --delete remove) photos no dataset selects")
     unused.add_argument("--delete", action="store_true", help="delete them (default: only report)")
     unused.add_argument(
-        "--data-dir", type=Path, default=None, help="data folder (default: $INAT_DATA_DIR, else ./data)"
+        "--data-dir", default=None, help="data folder or store URL (default: $INAT_DATA_DIR, else ./data)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    import duckdb
-
     from inat_assets.batches import load_span
     from inat_assets.definitions import defs
+    from inat_assets.instance import data_store_from_env
     from inat_assets.photo_usage import find_unused_photos
-    from inat_assets.resources import DataStoreResource, env_var
 
-    default = DataStoreResource.model_fields["data_dir"].default
-    store = DataStore.from_setting(str(args.data_dir or os.environ.get(env_var("data_dir")) or default))
+    try:
+        store = DataStore.from_setting(args.data_dir) if args.data_dir else data_store_from_env()
+        store.check()
+    except InatAssetsError as exc:
+        print(f"inat-assets photos: {exc}", file=sys.stderr)
+        return 2
     selections = declared_selections(defs, store)
-    with duckdb.connect() as con:
+    with store.connect() as con:
         unused = find_unused_photos(
             con, store, load_span(store.batch_state()), selections, delete=args.delete
         )

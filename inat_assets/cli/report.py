@@ -1,7 +1,8 @@
 """`inat-assets report DATASET`: the summary of a dataset's training dataset, in the terminal.
 
-Reads ``datasets/<name>/training/summary.json`` under INAT_DATA_DIR (default ./data) or --data-dir,
-as the last `<name>/training_dataset` materialization wrote it: coverage of the fetch list, splits,
+Reads ``datasets/<name>/training/summary.json`` under INAT_DATA_DIR (default ./data) or --data-dir, a
+folder or a store URL (s3://bucket/prefix), as the last `<name>/training_dataset` materialization wrote
+it (last of all its files, so what it describes is complete): coverage of the fetch list, splits,
 classes, licences, what was dropped and why, the exports and where the card and plots are.
 """
 
@@ -10,9 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from inat_assets.errors import TrainingDatasetError
+from inat_assets.errors import StorageError, TrainingDatasetError
 from inat_assets.instance import data_store_from_env
 from inat_assets.storage import DataStore
 from inat_assets.training import summary_text
@@ -30,14 +30,17 @@ def declared_datasets() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inat-assets report", description=__doc__)
     parser.add_argument("dataset", help="dataset name (as declared, e.g. plants)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $INAT_DATA_DIR, else ./data)")
+    parser.add_argument("--data-dir", default=None, help="data folder or store URL (default: $INAT_DATA_DIR, else ./data)")
     args = parser.parse_args(argv)
     names = declared_datasets()
     if args.dataset not in names:
         parser.error(f"no dataset named {args.dataset!r}; the declared datasets are: {', '.join(names) or 'none'}")
-    store = DataStore.from_setting(str(args.data_dir)) if args.data_dir else data_store_from_env()
     try:
+        store = DataStore.from_setting(args.data_dir) if args.data_dir else data_store_from_env()
         print(summary_text(store.training_dir(args.dataset)))
+    except StorageError as exc:
+        print(f"inat-assets report: {exc}", file=sys.stderr)
+        return 2
     except TrainingDatasetError as exc:
         print(f"inat-assets report: {exc} (its asset is {args.dataset}/training_dataset)", file=sys.stderr)
         return 1

@@ -19,13 +19,12 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from importlib.resources import as_file, files
-from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
 
-from inat_assets.cli.demo import DEMO_DATA_DIR, DEMO_MAX_REJECT_SHARE
+from inat_assets.cli.demo import DEMO_MAX_REJECT_SHARE, demo_store
 from inat_assets.errors import ArchiveError, InatAssetsError
-from inat_assets.instance import default_dagster_home, ensure_dagster_home
+from inat_assets.instance import data_store_from_env, default_dagster_home, ensure_dagster_home
 from inat_assets.resources import DwcaResource
 
 DEFAULT_PORT = 3000
@@ -52,8 +51,8 @@ def demo_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
         env = dict(environ)
         sample = stack.enter_context(as_file(files("inat_assets") / "sample_data" / "sample-dwca.zip"))
         env["INAT_DWCA_SOURCE"] = str(sample)
-        data_dir = Path(env.get("INAT_DATA_DIR") or DEMO_DATA_DIR).resolve()
-        env["INAT_DATA_DIR"] = str(data_dir)
+        # The one parse of INAT_DATA_DIR (a folder, or a store URL kept as a URL, never made a local path).
+        env["INAT_DATA_DIR"] = demo_store(None, env).url
         env.setdefault("INAT_BATCH_SPAN", DEMO_BATCH_SPAN)
         env.setdefault("INAT_MAX_REJECT_SHARE", str(DEMO_MAX_REJECT_SHARE))
         if not env.get("INAT_PHOTO_MIRROR"):
@@ -73,6 +72,7 @@ def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
         DwcaResource(dwca_source=env.get("INAT_DWCA_SOURCE", "")).source()
     except ArchiveError as exc:
         raise SourceNotChosen(str(exc)) from None
+    data_store_from_env(env)  # INAT_DATA_DIR through the one parse: an unusable one fails here, not in a run
     env["DAGSTER_HOME"] = str(ensure_dagster_home(default_dagster_home(env)))
     return env
 
@@ -127,12 +127,12 @@ def run_dagster_dev(env: Mapping[str, str], port: int) -> int:
 
 
 def main(demo: bool, port: int) -> int:
-    if demo:
-        with demo_environment(os.environ) as env:
-            return run_dagster_dev(env, port)
     try:
+        if demo:
+            with demo_environment(os.environ) as env:
+                return run_dagster_dev(env, port)
         env = real_environment(os.environ)
-    except SourceNotChosen as exc:
+    except InatAssetsError as exc:  # no archive chosen, or a data dir / DAGSTER_HOME that cannot be used
         print(f"inat-assets ui: {exc}", file=sys.stderr)
         return 2
     return run_dagster_dev(env, port)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from inat_assets.download.config import CACHED, OK
 from inat_assets.errors import StorageError
-from inat_assets.storage import atomic_path
+from inat_assets.storage import StorePath, arrow_source, atomic_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -177,7 +177,7 @@ class ManifestWriter:
         raise failure
 
 
-def set_aside_if_unreadable(path: Path) -> str | None:
+def set_aside_if_unreadable(path: StorePath) -> str | None:
     """Rename a manifest that is not readable Parquet with its columns to
     ``<name>.corrupt-<timestamp>.parquet`` and return a warning that says so; None if it is fine.
 
@@ -188,7 +188,8 @@ def set_aside_if_unreadable(path: Path) -> str | None:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        where, filesystem = arrow_source(path)  # a manifest on an object store is read in ranges
+        schema = pq.read_schema(where, filesystem=filesystem)
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -228,7 +229,7 @@ class PreviousManifest:
         return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), None)
 
     @classmethod
-    def load(cls, path: Path | None) -> PreviousManifest:
+    def load(cls, path: StorePath | None) -> PreviousManifest:
         if path is None or not path.exists():
             return cls.empty()
         import pyarrow as pa
@@ -236,7 +237,8 @@ class PreviousManifest:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path, columns=["photo_id", "status", "bytes", "sha256"])
+            where, filesystem = arrow_source(path)
+            table = pq.read_table(where, filesystem=filesystem, columns=["photo_id", "status", "bytes", "sha256"])
         except (pa.ArrowException, OSError) as exc:
             raise StorageError(f"cannot read the previous manifest {path}: {exc}; move it aside to start a "
                                "new one (photos on disk are kept)") from None

@@ -12,7 +12,6 @@ import logging
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from pathlib import Path
 
 from inat_assets.download.config import DownloadConfig, PhotoTask
 from inat_assets.download.engine import (
@@ -26,7 +25,9 @@ from inat_assets.download.engine import (
 from inat_assets.download.files import remove_stale_manifest_parts
 from inat_assets.download.manifest import set_aside_if_unreadable
 from inat_assets.download.processes import run_in_processes
-from inat_assets.locks import LockedError, acquire
+from inat_assets.download.writer import PhotoWriter
+from inat_assets.locks import LockedError
+from inat_assets.storage import StorePath, acquire_guard
 
 log = logging.getLogger("inat_assets.download")
 
@@ -61,7 +62,8 @@ def run(job: DownloadJob, on_progress: ProgressCallback | None = None) -> Downlo
     manifest's or photos' folder cannot be written (unwritable, full).
     """
     try:
-        lock = acquire(job.lock_path, purpose=f"download into {job.manifest_path}")
+        # flock beside a local manifest; a lease object beside one on a store (held across machines).
+        lock = acquire_guard(job.lock_path, purpose=f"download into {job.manifest_path}")
     except LockedError as exc:
         raise LockedError(f"another download is writing {job.manifest_path}: {exc}") from None
     try:
@@ -84,13 +86,14 @@ def run(job: DownloadJob, on_progress: ProgressCallback | None = None) -> Downlo
 def run_download(
     tasks: Iterable[PhotoTask],
     dest_dir: DestDir,
-    manifest_path: Path,
+    manifest_path: StorePath,
     config: DownloadConfig | None = None,
     *,
-    previous_manifest: Path | None = None,
+    previous_manifest: StorePath | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 5.0,
     total: int | None = None,
+    writer: PhotoWriter | None = None,
 ) -> DownloadSummary:
     """Download every task's photo to ``dest_dir`` and write one manifest row per photo id.
 
@@ -102,7 +105,10 @@ def run_download(
     skipped and counted (``DownloadSummary.invalid``, ``.duplicates``). The manifest appears at
     ``manifest_path`` only when every task has settled. ``total`` (or ``len(tasks)``) only feeds
     the progress ETA. Blocks until done; safe to call from a thread that runs an event loop.
+    ``writer`` is where photos go (default: files, `writer.LocalWriter`; objects on a store:
+    `object_writer.photo_writer`).
     """
-    job = DownloadJob(tasks, dest_dir, manifest_path, config or DownloadConfig(),
-                      previous_manifest=previous_manifest, progress_interval=progress_interval, total=total)
+    job = DownloadJob(tasks, dest_dir, manifest_path, config or DownloadConfig(),  # type: ignore[arg-type]
+                      previous_manifest=previous_manifest, progress_interval=progress_interval, total=total,  # type: ignore[arg-type]
+                      **({"writer": writer} if writer is not None else {}))
     return run(job, on_progress)

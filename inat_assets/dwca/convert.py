@@ -1,33 +1,37 @@
 """Convert one CSV member of the archive into a typed, ZSTD-compressed Parquet file with DuckDB.
 
-Two ways to hand the CSV to DuckDB (`read_mode`), measured in bench/convert.py:
+The member is inflated and normalized on one thread and cut into chunks of whole records
+(csv_stream.RecordChunker); one DuckDB COPY reads the chunks, several at once (one per thread),
+and writes the one output file (see _ChunkPipeline for why, with the numbers). Two ways to hand
+the chunks to DuckDB (``read_mode``), measured in bench/convert.py:
 
-- ``stream``: the member is inflated in a background thread into a named pipe that DuckDB reads.
-  Needs no disk beyond the output, but DuckDB runs a pipe-fed query on one thread.
-- ``extract``: the member is first inflated to the scratch folder (deleted afterwards), so DuckDB
-  reads it with all its threads. Needs the member's size free on disk; faster.
-- ``auto`` (default): ``extract`` when the scratch folder has room for the member, else ``stream``.
+- ``stream``: each chunk through its own named pipe, while the next chunks inflate. Needs no disk
+  for the CSV; a few chunks are in memory.
+- ``extract``: every chunk is first written as a file in the scratch folder (deleted afterwards),
+  then DuckDB reads them. Needs the member's size free on disk, and is slower (see choose_read_mode).
+- ``auto`` (default): ``stream``.
 
 Malformed lines never abort a conversion: DuckDB's ``store_rejects`` collects them, and they are
-written to a rejects Parquet file with their line number, byte offset, raw text and reason.
+written to a rejects Parquet file with their line number in the member (every ``\\n`` counts, the
+header is line 1), byte offset, raw text and reason.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
 
 from inat_assets.dwca.archive import MemberInfo, iter_member_bytes
-from inat_assets.dwca.csv_stream import CsvStreamNormalizer
+from inat_assets.dwca.csv_stream import CsvChunk, CsvStreamNormalizer, RecordChunker
 from inat_assets.dwca.schema import column_types
 from inat_assets.errors import ConversionError
 from inat_assets.locks import locked
@@ -45,7 +49,10 @@ Log = Callable[[str], None]
 # Lines over 2 MB exist in the real archive (HTML remarks); DuckDB's default limit is 2,000,000.
 MAX_LINE_BYTES = 16 << 20
 _BUFFER_BYTES = 32 << 20
-_EXTRACT_HEADROOM = 1 << 30
+# Bytes of CSV per chunk (one pipe or file each), the size of DuckDB's read buffer. Stream mode
+# holds up to 2 x threads chunks in memory; 64 and 128 MB chunks used the same CPU (500k
+# observations, per-chunk queries), so the smaller size and memory won.
+CHUNK_BYTES = 32 << 20
 _PROGRESS_SECONDS = 30.0
 
 
@@ -87,13 +94,13 @@ def sql_string(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def choose_read_mode(read_mode: str, member_size: int, scratch: Path) -> Literal["stream", "extract"]:
+def choose_read_mode(read_mode: str) -> Literal["stream", "extract"]:
+    """``auto`` is ``stream``: with the chunked pipes it was faster than ``extract`` in every round of
+    bench/convert.py (5M observations: 178-245 s against 261-291 s) and needs no disk for the CSV;
+    ``extract`` inflates the whole member before DuckDB starts."""
     if read_mode not in ("auto", "stream", "extract"):
         raise ValueError(f"read mode must be auto, stream or extract, not {read_mode!r}")
-    if read_mode != "auto":
-        return read_mode  # type: ignore[return-value]
-    free = shutil.disk_usage(scratch).free
-    return "extract" if free > member_size + member_size // 10 + _EXTRACT_HEADROOM else "stream"
+    return "stream" if read_mode == "auto" else read_mode  # type: ignore[return-value]
 
 
 def convert_member(
@@ -119,7 +126,7 @@ def convert_member(
     scratch.mkdir(parents=True, exist_ok=True)
     with locked(scratch / f"{member.table}.lock", purpose=f"converting {member.name} to {output}"):
         _remove_leftovers(scratch, member.table, (output, rejects_output, _failed_rejects_path(rejects_output)), log)
-        mode = choose_read_mode(read_mode, member.size, scratch)
+        mode = choose_read_mode(read_mode)
         with run_scratch(scratch, purpose=f"converting {member.name}") as run_dir:
             counts = _convert_in(con, archive, member, output, rejects_output, run_dir, mode, max_reject_share, log)
     rows, rejected = counts
@@ -169,29 +176,18 @@ def _convert_in(
     max_reject_share: float,
     log: Log,
 ) -> tuple[int, int]:
-    source = run_dir / f"{member.table}.csv"
     reject_table = f"rejects_{member.table}_{uuid.uuid4().hex[:8]}"
     normalizer = CsvStreamNormalizer(MAX_LINE_BYTES)
-    log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}")
-    feeder: _PipeFeeder | None = None
+    pipeline = _ChunkPipeline(con, archive, member, normalizer, run_dir, mode, reject_table)
+    log(f"{member.name}: {member.size:,} bytes of CSV, read mode {mode}, up to {len(pipeline.sources):,} chunk(s)")
     try:
-        if mode == "stream":
-            os.mkfifo(source)
-            feeder = _PipeFeeder(archive, member, source, normalizer)
-            feeder.start()
-        else:
-            _extract(archive, member, source, normalizer, log)
-
-        progress = _ProgressLogger(con, member, feeder, log)
+        progress = _ProgressLogger(member, pipeline, log)
         progress.start()
         try:
             with atomic_path(output) as tmp_out:
                 try:
-                    rows = _copy_csv_to_parquet(con, member, source, tmp_out, reject_table)
+                    rows = pipeline.run(tmp_out)
                 except duckdb.Error as exc:
-                    if feeder:
-                        feeder.abandon()
-                        feeder.raise_error()  # an archive fault explains DuckDB's error
                     hint = (
                         " The member has carriage returns: a quote inside an unquoted field (malformed) "
                         "makes a CR LF line end look quoted; fix that line or convert the file to LF."
@@ -202,10 +198,14 @@ def _convert_in(
                         f"{archive}:{member.name}: DuckDB could not read the CSV ({_first_line(exc)}).{hint} "
                         "The previous table was kept."
                     ) from exc
-                if feeder:
-                    feeder.join_and_raise()
                 if normalizer.crlf_normalized:
                     log(f"{member.name}: {normalizer.crlf_normalized:,} CR LF line ending(s) read as LF")
+                if pipeline.chunker.resyncs:
+                    log(
+                        f"{member.name}: the quote count went odd (a malformed line) and stayed so for "
+                        f"{MAX_LINE_BYTES:,} bytes; cut at byte(s) {', '.join(f'{o:,}' for o in pipeline.chunker.resyncs[:5])} "
+                        "without it, so the lines around there may be rejected"
+                    )
                 rejected = _count_rejects(con, reject_table)
                 _refuse_bad_share(archive, member, rows, rejected, max_reject_share, con, reject_table,
                                   normalizer, rejects_output)  # fmt: skip
@@ -215,11 +215,8 @@ def _convert_in(
         finally:
             progress.stop()
     finally:
-        if feeder:
-            feeder.abandon()
-        source.unlink(missing_ok=True)
-        con.execute(f"DROP TABLE IF EXISTS {reject_table}")
-        con.execute(f"DROP TABLE IF EXISTS {reject_table}_scans")
+        for table in (reject_table, pipeline.scan_rejects, f"{pipeline.scan_rejects}_scans"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     return rows, rejected
 
 
@@ -267,34 +264,231 @@ def _refuse_bad_share(
     )
 
 
-def _copy_csv_to_parquet(
-    con: duckdb.DuckDBPyConnection, member: MemberInfo, source: Path, output: Path, reject_table: str
-) -> int:
+def _read_csv_sql(member: MemberInfo, sources: list[Path], reject_table: str) -> str:
     columns = ", ".join(
         f"{sql_string(name)}: {sql_string(kind)}"
         for name, kind in column_types(member.table, member.columns).items()
     )
+    files = "[" + ", ".join(sql_string(source) for source in sources) + "]"
     # Explicit dialect, no sniffing; the stream is normalized first (csv_stream: CR LF, bare CR,
-    # over-long lines). strict_mode stays on: off, DuckDB truncates rows with too many columns.
+    # over-long lines) and cut into whole records without the header line (header = false).
+    # strict_mode stays on: off, DuckDB truncates rows with too many columns.
     # allow_quoted_nulls=false keeps `""` (empty string) apart from a missing value (NULL);
     # nullstr stays the empty field, so `NA` (Namibia) is text. buffer_size must stay well above
     # max_line_size: DuckDB drops a line longer than its buffer without a reject.
-    read_csv = (
-        f"read_csv({sql_string(source)}, header = true, auto_detect = false, delim = ',', quote = '\"', "
-        f"escape = '\"', new_line = '\\n', strict_mode = true, encoding = 'utf-8', columns = {{{columns}}}, "
-        f"allow_quoted_nulls = false, store_rejects = true, rejects_table = {sql_string(reject_table)}, "
-        f"rejects_scan = {sql_string(reject_table + '_scans')}, "
+    return (
+        f"SELECT * FROM read_csv({files}, header = false, auto_detect = false, delim = ',', "
+        f"quote = '\"', escape = '\"', new_line = '\\n', strict_mode = true, encoding = 'utf-8', "
+        f"columns = {{{columns}}}, allow_quoted_nulls = false, store_rejects = true, "
+        f"rejects_table = {sql_string(reject_table)}, rejects_scan = {sql_string(reject_table + '_scans')}, "
         f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {_BUFFER_BYTES})"
     )
-    # Row order inside these tables carries no meaning; not preserving it lets DuckDB write row
-    # groups from every thread (2.4-3.4x faster measured). ZSTD level 1 instead of DuckDB's default
-    # 3: the Parquet encoding is most of the work, and level 1 cut it by a third (7.2 -> 4.9 s on
-    # 2M observations) for files 1 % larger.
-    con.execute("SET preserve_insertion_order = false")
-    result = con.execute(
-        f"COPY (SELECT * FROM {read_csv}) TO {sql_string(output)} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
-    ).fetchone()
-    return int(result[0]) if result else 0
+
+
+class _ChunkPipeline:
+    """One DuckDB COPY over the member cut into whole-record chunks, one file (or pipe) per chunk.
+
+    Why (profiles in bench/convert.py, 2-core machine): DuckDB reads one pipe on one thread, so the
+    old stream mode parsed and encoded the whole member on one core. DuckDB reads several files of
+    one ``read_csv`` list at once, one per thread, in list order; so in ``stream`` mode the member
+    is cut into chunks (csv_stream.RecordChunker), each chunk is written into its own named pipe
+    and DuckDB parses and encodes them on every thread while the next chunks inflate. The pipes
+    are all created up front (the member's size says how many chunks there can be; unused ones
+    are closed empty). ``extract`` writes the chunks as files first, then runs the same query.
+    One query keeps DuckDB's own Parquet writer and one output file: the per-chunk queries tried
+    first (Arrow out of DuckDB, written by pyarrow) took 12 % more CPU (6.1 vs 5.45 s, 500k observations).
+
+    DuckDB numbers a reject by record within its chunk; the member's line number (every ``\n``
+    before the line, header = line 1) needs the chunk's bytes, so when there are rejects the
+    chunks are read again (inflated again in stream mode) up to the last chunk with a reject.
+    """
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        archive: Path,
+        member: MemberInfo,
+        normalizer: CsvStreamNormalizer,
+        run_dir: Path,
+        mode: str,
+        reject_table: str,
+    ) -> None:
+        self.con, self.archive, self.member, self.normalizer = con, archive, member, normalizer
+        self.run_dir, self.mode, self.reject_table = run_dir, mode, reject_table
+        self.chunker = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES)
+        self.workers = _duckdb_threads(con)
+        self.scan_rejects = f"{reject_table}_scan"
+        # Each chunk but the last has at least CHUNK_BYTES and the normalized stream is never
+        # longer than the member, so this many sources always suffice.
+        planned = max(member.size - member.header_bytes, 0) // CHUNK_BYTES + 1
+        self.sources = [run_dir / f"chunk-{i:06d}.csv" for i in range(planned)]
+        self.offsets: list[int] = []  # extract mode: where each chunk file starts in the stream
+        self.chunks = 0
+        self._stop = threading.Event()
+        # Chunks held in memory for their pipes: DuckDB reads `workers` at a time (in list order), the
+        # next ones wait; capped so that many threads do not mean gigabytes of waiting chunks.
+        self._slots = threading.Semaphore(max(2, min(2 * self.workers, 8)))
+        self._feeders: list[_PipeFeeder] = []
+        self._archive_error: BaseException | None = None
+
+    @property
+    def bytes_fed(self) -> int:
+        return self.chunker.bytes_in
+
+    def run(self, output: Path) -> int:
+        """Write every valid row to ``output``; the rejects end in ``reject_table`` (line, byte_offset, ...)."""
+        if self.mode == "extract":
+            self._extract()
+            rows = self._copy(output)
+        else:
+            for source in self.sources:
+                os.mkfifo(source)
+            producer = threading.Thread(target=self._produce, name=f"chunk-{self.member.name}", daemon=True)
+            producer.start()
+            try:
+                rows = self._copy(output)
+            except BaseException:
+                self._stop.set()
+                self._abandon_feeders()
+                producer.join(timeout=30)
+                self._abandon_feeders()
+                if self._archive_error is not None:  # an archive fault explains DuckDB's error
+                    raise self._archive_error from None
+                raise
+            producer.join()
+            for feeder in self._feeders:
+                feeder.join_and_raise()
+            if self._archive_error is not None:
+                raise self._archive_error
+        self._number_rejects()
+        return rows
+
+    def _copy(self, output: Path) -> int:
+        # Row order inside these tables carries no meaning; not preserving it lets DuckDB write row
+        # groups from every thread (2.4-3.4x faster measured). ZSTD level 1 instead of DuckDB's default
+        # 3: the Parquet encoding is most of the work, and level 1 cut it by a third (7.2 -> 4.9 s on
+        # 2M observations) for files 1 % larger.
+        self.con.execute("SET preserve_insertion_order = false")
+        result = self.con.execute(
+            f"COPY ({_read_csv_sql(self.member, self.sources, self.scan_rejects)}) TO {sql_string(output)} "
+            "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+        ).fetchall()
+        return int(result[0][0]) if result else 0
+
+    def _chunks(self) -> Iterator[CsvChunk]:
+        return self.chunker.split(self.normalizer, iter_member_bytes(self.archive, self.member.name))
+
+    def _extract(self) -> None:
+        for chunk in self._chunks():
+            with open(self.sources[chunk.index], "wb") as fh:
+                fh.writelines(chunk.views())
+            self.offsets.append(chunk.offset)
+            self.chunks = chunk.index + 1
+        self.sources = self.sources[: max(self.chunks, 1)]
+        if not self.chunks:
+            self.sources[0].touch()  # a member with a header only: one empty file, no rows
+
+    def _produce(self) -> None:
+        try:
+            for chunk in self._chunks():
+                if chunk.index >= len(self.sources):
+                    raise ConversionError(f"{self.member.name}: more chunks than planned ({len(self.sources)}); a bug")
+                while not self._slots.acquire(timeout=0.2):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    self._slots.release()
+                    return
+                self._feed(chunk.index, chunk.views(), self._slots.release)
+                self.chunks = chunk.index + 1
+        except BaseException as exc:  # raised by run() on the caller's thread
+            self._archive_error = exc
+        finally:
+            if not self._stop.is_set():  # close the pipes no chunk needed (all of them after a fault)
+                for index in range(self.chunks, len(self.sources)):
+                    self._feed(index, [], None)
+
+    def _feed(self, index: int, data: list[memoryview], done: Callable[[], None] | None) -> None:
+        feeder = _PipeFeeder(self.sources[index], data, done)
+        self._feeders.append(feeder)
+        feeder.start()
+
+    def _abandon_feeders(self) -> None:
+        for feeder in list(self._feeders):
+            feeder.abandon()
+
+    def _number_rejects(self) -> None:
+        """The rejects with the member's line number and their offset in the normalized stream."""
+        files = pa.table({"file_path": [str(s) for s in self.sources], "chunk": list(range(len(self.sources)))})
+        self.con.register("chunk_files", files)
+        try:
+            per_chunk = self.con.execute(
+                f"""SELECT f.chunk, list(DISTINCT r.line_byte_position ORDER BY r.line_byte_position)
+                FROM {self.scan_rejects} r JOIN {self.scan_rejects}_scans s USING (scan_id, file_id)
+                JOIN chunk_files f USING (file_path)
+                WHERE r.line_byte_position IS NOT NULL GROUP BY f.chunk"""
+            ).fetchall()
+            wanted = {int(chunk): [int(p) for p in positions] for chunk, positions in per_chunk}
+            starts, lines = self._lines_of(wanted)
+            self.con.register("chunk_starts", starts)
+            self.con.register("line_map", lines)
+            self.con.execute(
+                f"""CREATE TABLE {self.reject_table} AS
+                SELECT coalesce(c.first_line + m.before, c.first_line + r.line - 1)::BIGINT AS line,
+                       (c.stream_offset + r.line_byte_position)::BIGINT AS byte_offset, r.error_message, r.csv_line
+                FROM {self.scan_rejects} r JOIN {self.scan_rejects}_scans s USING (scan_id, file_id)
+                JOIN chunk_files f USING (file_path)
+                JOIN chunk_starts c ON c.chunk = f.chunk
+                LEFT JOIN line_map m ON m.chunk = f.chunk AND m.position = r.line_byte_position"""
+            )
+        finally:
+            for view in ("chunk_files", "chunk_starts", "line_map"):
+                self.con.unregister(view)
+
+    def _lines_of(self, wanted: dict[int, list[int]]) -> tuple[pa.Table, pa.Table]:
+        """(chunk, first_line, stream_offset) of every chunk up to the last one in ``wanted``, and
+        (chunk, position, before): the ``\n`` in the chunk before each wanted line start + 1."""
+        starts: dict[str, list[int]] = {"chunk": [], "first_line": [], "stream_offset": []}
+        found: dict[str, list[int]] = {"chunk": [], "position": [], "before": []}
+        last = max(wanted, default=-1)
+        rejects_seen = bool(self.con.execute(f"SELECT count(*) FROM {self.scan_rejects}").fetchall()[0][0])
+        if last < 0 and not rejects_seen:
+            return pa.table(starts, schema=_STARTS), pa.table(found, schema=_LINE_MAP)
+        if last < 0:
+            last = len(self.sources) - 1
+        first_line = 1 + self.chunker.header_newlines
+        for chunk in self._chunks_again(last):
+            starts["chunk"].append(chunk.index)
+            starts["first_line"].append(first_line)
+            starts["stream_offset"].append(chunk.offset)
+            positions = wanted.get(chunk.index)
+            if positions:
+                found["chunk"] += [chunk.index] * len(positions)
+                found["position"] += positions
+                found["before"] += chunk.newlines_before([max(p - 1, 0) for p in positions])
+            first_line += chunk.newlines()
+        return pa.table(starts, schema=_STARTS), pa.table(found, schema=_LINE_MAP)
+
+    def _chunks_again(self, last: int) -> Iterator[CsvChunk]:
+        if self.mode == "extract":
+            for index in range(min(last + 1, self.chunks)):
+                data = self.sources[index].read_bytes()
+                yield CsvChunk(index, ((data, 0, len(data)),), self.offsets[index], len(data))
+            return
+        again = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES)  # the same cuts: same bytes, same rule
+        for chunk in again.split(CsvStreamNormalizer(MAX_LINE_BYTES), iter_member_bytes(self.archive, self.member.name)):
+            if chunk.index > last:
+                return
+            yield chunk
+
+
+_STARTS = pa.schema([("chunk", pa.int64()), ("first_line", pa.int64()), ("stream_offset", pa.int64())])
+_LINE_MAP = pa.schema([("chunk", pa.int64()), ("position", pa.int64()), ("before", pa.int64())])
+
+
+def _duckdb_threads(con: duckdb.DuckDBPyConnection) -> int:
+    rows = con.execute("SELECT current_setting('threads')").fetchall()
+    return max(1, int(rows[0][0])) if rows else 1
 
 
 def _count_rejects(con: duckdb.DuckDBPyConnection, reject_table: str) -> int:
@@ -308,8 +502,8 @@ def _write_rejects(
     """One row per rejected line (DuckDB may report several errors for one line).
 
     Lines the normalizer changed so that DuckDB rejects them (a bare CR, an over-long line) get the
-    real reason: each event is matched to the rejected line that starts at or before it (DuckDB's
-    ``line_byte_position`` is the line's start + 1).
+    real reason: each event is matched to the rejected line that starts at or before it (a reject's
+    ``byte_offset`` is the line's start + 1 in the normalized stream, as DuckDB counts).
     """
     events = normalizer.events
     con.execute("CREATE OR REPLACE TEMP TABLE stream_events (byte_offset BIGINT, reason VARCHAR)")
@@ -319,8 +513,8 @@ def _write_rejects(
         f"""
         COPY (
             WITH lines AS (
-                SELECT line::BIGINT AS line,
-                       min(line_byte_position)::BIGINT AS byte_offset,
+                SELECT line,
+                       min(byte_offset) AS byte_offset,
                        string_agg(DISTINCT error_message, '; ' ORDER BY error_message) AS reason,
                        any_value(csv_line) AS raw_line
                 FROM {reject_table}
@@ -340,27 +534,12 @@ def _write_rejects(
     con.execute("DROP TABLE stream_events")
 
 
-def _extract(
-    archive: Path, member: MemberInfo, target: Path, normalizer: CsvStreamNormalizer, log: Log
-) -> None:
-    started, written, last = time.monotonic(), 0, time.monotonic()
-    with open(target, "wb") as out:
-        for chunk in normalizer.feed(iter_member_bytes(archive, member.name)):
-            out.write(chunk)
-            written += len(chunk)
-            if time.monotonic() - last > _PROGRESS_SECONDS:
-                last = time.monotonic()
-                log(f"{member.name}: extracted {_progress_text(written, member.size, last - started)}")
-    log(f"{member.name}: extracted {written:,} bytes in {time.monotonic() - started:.1f} s")
-
-
 class _PipeFeeder(threading.Thread):
-    """Inflates a member into a named pipe; DuckDB reads the other end."""
+    """Writes one chunk into a named pipe; DuckDB reads the other end."""
 
-    def __init__(self, archive: Path, member: MemberInfo, fifo: Path, normalizer: CsvStreamNormalizer) -> None:
-        super().__init__(name=f"feed-{member.name}", daemon=True)
-        self.archive, self.member, self.fifo, self.normalizer = archive, member, fifo, normalizer
-        self.bytes_fed = 0
+    def __init__(self, fifo: Path, data: list[memoryview], done: Callable[[], None] | None) -> None:
+        super().__init__(name=f"feed-{fifo.name}", daemon=True)
+        self.fifo, self.data, self.done = fifo, data, done
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -368,19 +547,18 @@ class _PipeFeeder(threading.Thread):
             # Buffered on purpose: a raw write to a pipe can return early (a signal mid-write) and
             # drop the rest of the chunk; BufferedWriter.write loops until every byte is written.
             with open(self.fifo, "wb", buffering=1 << 20) as pipe:
-                for chunk in self.normalizer.feed(iter_member_bytes(self.archive, self.member.name)):
-                    pipe.write(chunk)
-                    self.bytes_fed += len(chunk)
+                pipe.writelines(self.data)
         except BrokenPipeError:
             pass  # the reader went away; DuckDB's own error is the one to report
         except BaseException as exc:  # reported by join_and_raise on the caller's thread
             self.error = exc
+        finally:
+            self.data = []  # the chunk's memory goes now, not when the pipeline ends
+            if self.done is not None:
+                self.done()
 
     def join_and_raise(self) -> None:
         self.join()
-        self.raise_error()
-
-    def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
 
@@ -397,30 +575,20 @@ class _PipeFeeder(threading.Thread):
 
 
 class _ProgressLogger(threading.Thread):
-    """Logs bytes fed (stream mode) or DuckDB's query progress (extract mode) at a steady cadence."""
+    """Logs the bytes of the member converted so far at a steady cadence."""
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, member: MemberInfo, feeder: _PipeFeeder | None, log: Log
-    ) -> None:
+    def __init__(self, member: MemberInfo, pipeline: _ChunkPipeline, log: Log) -> None:
         super().__init__(name=f"progress-{member.name}", daemon=True)
-        self.con, self.member, self.feeder, self.log = con, member, feeder, log
+        self.member, self.pipeline, self.log = member, pipeline, log
         self._stop_event = threading.Event()
         self.started = time.monotonic()
 
     def run(self) -> None:
         while not self._stop_event.wait(_PROGRESS_SECONDS):
             elapsed = time.monotonic() - self.started
-            if self.feeder is not None:
-                self.log(
-                    f"{self.member.name}: converted {_progress_text(self.feeder.bytes_fed, self.member.size, elapsed)}"
-                )
-            else:
-                share = self.con.query_progress()
-                if share >= 0:
-                    done = int(self.member.size * share / 100)
-                    self.log(
-                        f"{self.member.name}: converted {_progress_text(done, self.member.size, elapsed)}"
-                    )
+            self.log(
+                f"{self.member.name}: converted {_progress_text(self.pipeline.bytes_fed, self.member.size, elapsed)}"
+            )
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -70,6 +70,7 @@ class CsvStreamNormalizer:
         self.max_line_bytes = max_line_bytes
         self.keep_bytes = max_line_bytes + _OVERLONG_KEEP_EXTRA
         self.in_quotes = False
+        self._dropped_quotes = 0  # quotes in the bytes stage 2 cut off over-long lines (their parity counts)
         self.crlf_normalized = 0  # \r\n line endings turned into \n
         self._held_cr = False  # the last chunk ended in \r outside quotes: decided by the next byte
         self._last_byte = 0x0A  # the byte before the current chunk (the stream starts a line)
@@ -103,6 +104,11 @@ class CsvStreamNormalizer:
             else:
                 for start in range(0, len(chunk), self.max_line_bytes):
                     yield chunk[start : start + self.max_line_bytes]
+
+    @property
+    def quote_parity(self) -> int:
+        """1 when the bytes handed on so far hold an odd number of quotes (as counted here), else 0."""
+        return (int(self.in_quotes) ^ self._dropped_quotes) & 1
 
     @property
     def events(self) -> list[StreamEvent]:
@@ -200,8 +206,10 @@ class CsvStreamNormalizer:
             nl = data.find(b"\n")
             if nl < 0:
                 self._cut_bytes += len(data)
+                self._dropped_quotes ^= _quote_count(data) & 1
                 return b""
             self._cut_bytes += nl
+            self._dropped_quotes ^= _quote_count(memoryview(data)[:nl]) & 1
             self._cuts.append((stage1_end - len(data) + nl, self._cut_bytes + self._cuts_total()))
             self._end_cut()
             pos = nl
@@ -236,3 +244,124 @@ class CsvStreamNormalizer:
             )
         )
         self._cut_line_start, self._cut_bytes, self._line_len = None, 0, 0
+
+
+# Record-safe chunks ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CsvChunk:
+    """Whole records of the normalized stream: they start a line and end after a record's ``\\n``.
+
+    ``parts`` are (piece, start, end) slices of the normalizer's pieces, in order, so a chunk is
+    never copied on its way to DuckDB. ``offset`` is where the chunk starts in the normalized stream.
+    """
+
+    index: int
+    parts: tuple[tuple[bytes, int, int], ...]
+    offset: int
+    size: int
+
+    def views(self) -> list[memoryview]:
+        return [memoryview(piece)[start:end] for piece, start, end in self.parts]
+
+    def newlines(self) -> int:
+        """``\\n`` bytes in the chunk."""
+        return sum(piece.count(b"\n", start, stop) for piece, start, stop in self.parts)
+
+    def newlines_before(self, positions: list[int]) -> list[int]:
+        """For each chunk position (ascending), the ``\\n`` bytes before it; one walk over the chunk."""
+        counts: list[int] = []
+        parts = iter(self.parts)
+        base, count = 0, 0  # chunk position and \n count at the start of the current part
+        piece, start, stop = next(parts, (b"", 0, 0))
+        counted = start  # piece index up to which `count` is complete
+        for position in positions:
+            while position > base + stop - start:
+                count += piece.count(b"\n", counted, stop)
+                base += stop - start
+                piece, start, stop = next(parts, (b"", 0, 0))
+                counted = start
+                if stop == start:
+                    break
+            target = start + min(max(position - base, 0), stop - start)
+            count += piece.count(b"\n", counted, target)
+            counted = target
+            counts.append(count)
+        return counts
+
+
+class RecordChunker:
+    """Cut the normalized stream into chunks of about ``target_bytes``, each ending a record.
+
+    The exporter quotes every field that holds a ``\\n``, so a ``\\n`` ends a record exactly when the
+    quotes before it are even in number (doubled quotes count twice). The parity comes from the
+    normalizer, which counts every quote anyway (:attr:`CsvStreamNormalizer.quote_parity`); only
+    the bytes of one piece up to the cut are counted again here, so cutting costs no pass over the data.
+
+    A malformed line with an odd number of quotes flips the parity until the next odd one (DuckDB,
+    reading one stream, misreads the same records then); every ``\\n`` would look quoted. A quoted
+    record is never longer than ``max_record_bytes`` (DuckDB rejects longer ones), so when no ``\\n``
+    ends a record within that many bytes past the target, the chunk is cut at the next ``\\n``
+    anyway, the parity restarts there and the cut is recorded in :attr:`resyncs`: the records
+    around it may be rejected, never dropped silently.
+
+    The header line (the first record) is not part of any chunk; :attr:`header_newlines` says how
+    many lines it spans.
+    """
+
+    def __init__(self, target_bytes: int, max_record_bytes: int) -> None:
+        self.target_bytes = max(1, target_bytes)
+        self.max_record_bytes = max_record_bytes
+        self.resyncs: list[int] = []  # stream offsets of cuts made without a trustworthy quote state
+        self.header_newlines = 0
+        self.bytes_in = 0
+
+    def split(self, normalizer: CsvStreamNormalizer, raw: Iterable[bytes]) -> Iterator[CsvChunk]:
+        """Chunks of ``normalizer.feed(raw)``."""
+        parts: list[tuple[bytes, int, int]] = []
+        size = offset = index = 0
+        header = True
+        flip = 0  # parity correction from resyncs
+        start_parity = 0  # parity before the current piece
+        for piece in normalizer.feed(raw):
+            end_parity = normalizer.quote_parity  # after this piece, before the generator moves on
+            self.bytes_in += len(piece)
+            pos = 0  # first byte of the piece not yet in a chunk
+            parity, counted = start_parity ^ flip, 0  # parity before piece[counted]
+            while True:
+                target = 0 if header else self.target_bytes
+                search = pos + max(target - size, 0)
+                cut = None
+                while search < len(piece):
+                    nl = piece.find(b"\n", search)
+                    if nl < 0:
+                        break
+                    parity ^= piece.count(b'"', counted, nl) & 1
+                    counted = nl
+                    if not parity:
+                        cut = nl + 1
+                        break
+                    if size + nl - pos - target > self.max_record_bytes:
+                        self.resyncs.append(offset + size + nl + 1 - pos)
+                        flip ^= 1
+                        parity = 0
+                        cut = nl + 1
+                        break
+                    search = nl + 1
+                if cut is None:
+                    if pos < len(piece):
+                        parts.append((piece, pos, len(piece)))
+                        size += len(piece) - pos
+                    break
+                parts.append((piece, pos, cut))
+                size += cut - pos
+                if header:
+                    header = False
+                    self.header_newlines = CsvChunk(-1, tuple(parts), 0, size).newlines()
+                else:
+                    yield CsvChunk(index, tuple(parts), offset, size)
+                    index += 1
+                offset += size
+                parts, size, pos = [], 0, cut
+            start_parity = end_parity
+        if parts and not header:
+            yield CsvChunk(index, tuple(parts), offset, size)

@@ -5,6 +5,13 @@ interruption (guarded by ``If-Range`` so a changed archive restarts instead of b
 and is renamed onto the final name only once its length is verified and it opens as a zip. The
 validators (ETag / Last-Modified) are kept in ``<name>.json`` so the next run asks the server
 with a conditional request and skips the download when the archive has not changed.
+
+When the data directory is an object store, the download runs as above in a local cache folder
+(scratch: resumable ``.partial`` files need appends and renames, which objects do not have); the
+finished zip is then uploaded to ``<store>/archive/<name>`` and its validators after it, so a
+``<name>.json`` on the store always describes a complete zip. A machine whose cache lacks that
+version copies it from the store first (store to machine, not iNaturalist to machine), then asks
+iNaturalist with the same conditional request. Readers (`local_archive`) get a local copy the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,7 +30,8 @@ import httpx
 
 from inat_assets import __version__
 from inat_assets.dwca.archive import ArchiveError
-from inat_assets.storage import atomic_write_bytes
+from inat_assets.storage import StorePath, atomic_path, atomic_write_bytes, guarded
+from inat_assets.store import Location
 
 Log = Callable[[str], None]
 _PROGRESS_SECONDS = 15.0
@@ -37,6 +45,7 @@ class ArchiveSource:
     etag: str | None = None
     last_modified: str | None = None
     bytes_downloaded: int = 0
+    stored_at: str | None = None  # the archive's object when the data directory is on a store
 
 
 def archive_http_client(purpose: str) -> httpx.Client:
@@ -54,14 +63,30 @@ def is_url(source: str) -> bool:
 
 def resolve_archive(
     source: str,
-    archive_dir: Path,
+    archive_dir: StorePath,
     *,
     log: Log = lambda _msg: None,
     client: httpx.Client | None = None,
     attempts: int = 5,
     backoff_seconds: float = 2.0,
+    cache_dir: Path | None = None,
 ) -> ArchiveSource:
-    """Return where the archive is, downloading or refreshing it first when ``source`` is a URL."""
+    """Return where the archive is, downloading or refreshing it first when ``source`` is a URL.
+
+    ``archive_dir`` on an object store needs ``cache_dir``, a local folder (see the module docstring);
+    the returned ``path`` is then the local copy and ``stored_at`` the object on the store.
+    """
+    if is_url(source) and isinstance(archive_dir, Location):
+        if cache_dir is None:
+            raise ValueError("an archive folder on an object store needs a local cache_dir")
+        name = archive_location(source, cache_dir).name
+        with guarded(archive_dir / f"{name}.lock", purpose=f"downloading {source}", wait_seconds=60):
+            _copy_from_store(archive_dir, cache_dir, name, log)
+            result = resolve_archive(
+                source, cache_dir, log=log, client=client, attempts=attempts, backoff_seconds=backoff_seconds
+            )
+            _copy_to_store(cache_dir, archive_dir, name, log)
+        return replace(result, stored_at=str(archive_dir / name))
     if not is_url(source):
         path = Path(source).expanduser()
         if not path.is_file():
@@ -254,8 +279,47 @@ def last_modified_iso(value: str | None) -> str | None:
         return None
 
 
-def archive_location(source: str, archive_dir: Path) -> Path:
+def archive_location(source: str, archive_dir: StorePath) -> StorePath:
     """Where the archive for ``source`` is (or will be, once ``resolve_archive`` has run)."""
     if is_url(source):
         return archive_dir / (Path(urlsplit(source).path).name or "archive.zip")
     return Path(source).expanduser().resolve()
+
+
+def local_archive(source: str, archive_dir: StorePath, cache_dir: Path, log: Log = lambda _msg: None) -> Path:
+    """A local file with the archive `resolve_archive` stored: the archive itself, or a copy of the
+    store's version in ``cache_dir`` (copied only when the cache lacks that version)."""
+    location = archive_location(source, archive_dir)
+    if not isinstance(location, Location):
+        return location
+    _copy_from_store(archive_dir, cache_dir, location.name, log)  # type: ignore[arg-type]
+    return cache_dir / location.name
+
+
+def _copy_from_store(archive_dir: Location, cache_dir: Path, name: str, log: Log) -> None:
+    """Bring the store's version of the archive (zip and validators) into the cache, unless it is there."""
+    try:
+        stored = (archive_dir / f"{name}.json").read_bytes()
+    except FileNotFoundError:
+        return  # nothing stored yet
+    local_state, local_zip = cache_dir / f"{name}.json", cache_dir / name
+    if local_zip.is_file() and local_state.is_file() and local_state.read_bytes() == stored:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log(f"copying {archive_dir / name} to {local_zip}")
+    with atomic_path(local_zip) as tmp:
+        archive_dir.fs.get_file((archive_dir / name).path, str(tmp))
+    atomic_write_bytes(local_state, stored)
+
+
+def _copy_to_store(cache_dir: Path, archive_dir: Location, name: str, log: Log) -> None:
+    """Upload the cache's archive unless the store has that version; validators last (they vouch for the zip)."""
+    state = (cache_dir / f"{name}.json").read_bytes()
+    try:
+        if (archive_dir / f"{name}.json").read_bytes() == state:
+            return
+    except FileNotFoundError:
+        pass
+    log(f"uploading {cache_dir / name} to {archive_dir / name}")
+    (archive_dir / name).upload(cache_dir / name)
+    (archive_dir / f"{name}.json").write_bytes(state)

@@ -19,6 +19,8 @@ Storage: SQLite files in ``DAGSTER_HOME`` (``dagster.yaml``), or PostgreSQL
 (``dagster-postgres.yaml``, when ``INAT_DAGSTER_POSTGRES_URL`` names the database) for an instance
 that several machines share. The downloads' shared host budget lives beside it
 (``host_budget_url``): in the same PostgreSQL database, or in ``DAGSTER_HOME/host_budget.sqlite``.
+When INAT_DATA_DIR is an object store, the instance cannot live there (SQLite needs a local file):
+then DAGSTER_HOME must be set, and every command that needs the instance says so.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from inat_assets.download.host_budget import sqlite_url
-from inat_assets.errors import InatAssetsError
+from inat_assets.errors import InatAssetsError, StorageError
 from inat_assets.resources import DataStoreResource
 from inat_assets.storage import DataStore, atomic_write_bytes
 
@@ -66,7 +68,7 @@ def _packaged(name: str) -> bytes:
 def data_store_from_env(environ: Mapping[str, str] | None = None) -> DataStore:
     """The data directory named by INAT_DATA_DIR (default ./data), for commands that run outside Dagster."""
     environ = os.environ if environ is None else environ
-    return DataStore.from_setting(environ.get("INAT_DATA_DIR") or _DEFAULT_DATA_DIR)
+    return DataStore.from_setting(environ.get("INAT_DATA_DIR") or _DEFAULT_DATA_DIR, environ.get("INAT_SCRATCH_DIR", ""))
 
 
 def default_dagster_home(environ: Mapping[str, str] | None = None) -> Path:
@@ -75,7 +77,14 @@ def default_dagster_home(environ: Mapping[str, str] | None = None) -> Path:
     explicit = environ.get("DAGSTER_HOME")
     if explicit:
         return Path(explicit).expanduser().resolve()
-    return data_store_from_env(environ).path(INSTANCE_FOLDER)
+    store = data_store_from_env(environ)
+    if store.is_remote:
+        raise StorageError(
+            f"INAT_DATA_DIR={store.url} is an object store, where Dagster's instance (SQLite files) cannot live: "
+            "set DAGSTER_HOME to a local folder (`export DAGSTER_HOME=$PWD/dagster_home`), or to the folder of a "
+            "dagster.yaml that keeps the instance in Postgres when several machines share the data directory."
+        )
+    return store.path(INSTANCE_FOLDER)  # type: ignore[return-value]
 
 
 def check_postgres_url(environ: Mapping[str, str]) -> None:

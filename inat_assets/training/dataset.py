@@ -9,6 +9,13 @@ Layout of ``out_dir`` (every file written atomically):
     coco/<split>.json    (exports.coco) iNat2021-style COCO JSON
     webdataset/<split>/<split>-NNNNNN.tar   (exports.webdataset)
     imagefolder/<split>/<label>/<photo_id>.<ext> + metadata.jsonl   (exports.imagefolder)
+
+``out_dir`` may be on an object store (INAT_DATA_DIR=s3://...): the manifests, fetch list and tables
+are then read by DuckDB through the store's registered filesystem and the photos with concurrent
+GETs; every file is staged in local scratch (a folder of this build, deleted afterwards) and uploaded
+whole, the exports as described in `inat_assets.training.exports`. The index is kept in that scratch
+folder too, since every export reads it again (a local file, not one more download per export).
+summary.json is written last in both cases: its presence and content mark a finished build.
 """
 
 from __future__ import annotations
@@ -16,18 +23,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from inat_assets.dwca.convert import sql_string
-from inat_assets.locks import locked
-from inat_assets.storage import atomic_path, atomic_write_bytes
+from inat_assets.storage import (
+    StorePath,
+    atomic_path,
+    atomic_write_bytes,
+    guarded,
+    register,
+    run_scratch,
+    store_path,
+)
+from inat_assets.store import Location
 from inat_assets.training.attribution import write_attribution
 from inat_assets.training.card import write_card
 from inat_assets.training.dimensions import fill_missing_dimensions
+from inat_assets.training.exports import check_photos_exist
 from inat_assets.training.exports.coco import write_coco
 from inat_assets.training.exports.imagefolder import write_imagefolder
 from inat_assets.training.exports.webdataset import write_shards
@@ -54,8 +71,8 @@ class _StageClock:
 
 @dataclass(frozen=True)
 class TrainingDatasetResult:
-    out_dir: Path
-    index: Path
+    out_dir: StorePath
+    index: StorePath
     fetch_rows: int  # photos the fetch list selects
     manifest_rows: int  # rows in the manifests present
     usable_photos: int  # distinct photos with status ok/cached
@@ -70,10 +87,10 @@ class TrainingDatasetResult:
     reused_split_groups: int  # groups whose split came from the previous build
     dimensions_read_from_files: int  # photos whose width/height the manifests lacked (read from headers)
     batches: list[BatchStats]
-    attribution: Path
-    card: Path
-    plots: dict[str, Path]
-    exports: dict[str, list[Path]] = field(default_factory=dict)
+    attribution: StorePath
+    card: StorePath
+    plots: dict[str, StorePath]
+    exports: dict[str, list[StorePath]] = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     archive_info: dict[str, str] = field(default_factory=dict)
     selection: dict[str, object] = field(default_factory=dict)
@@ -87,22 +104,37 @@ class TrainingDatasetResult:
         return (self.drops.not_downloaded + self.drops.download_failed) / self.fetch_rows
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), default=str, indent=2)
+        # Not dataclasses.asdict(self): it would turn a Location (a dataclass too) into a dict of its fields.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(fields, default=_plain, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> TrainingDatasetResult:
         raw = json.loads(text)
-        raw["out_dir"], raw["index"] = Path(raw["out_dir"]), Path(raw["index"])
-        raw["attribution"], raw["card"] = Path(raw["attribution"]), Path(raw["card"])
+        raw["out_dir"], raw["index"] = _recorded(raw["out_dir"]), _recorded(raw["index"])
+        raw["attribution"], raw["card"] = _recorded(raw["attribution"]), _recorded(raw["card"])
         raw["drops"] = DropCounts(**raw["drops"])
         raw["batches"] = [BatchStats(**b) for b in raw["batches"]]
         raw["classes_below_minimum"] = [tuple(x) for x in raw["classes_below_minimum"]]
-        raw["plots"] = {k: Path(v) for k, v in raw["plots"].items()}
-        raw["exports"] = {k: [Path(p) for p in v] for k, v in raw["exports"].items()}
+        raw["plots"] = {k: _recorded(v) for k, v in raw["plots"].items()}
+        raw["exports"] = {k: [_recorded(p) for p in v] for k, v in raw["exports"].items()}
         return cls(**raw)
 
 
-def _write_index(con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch_list: Path, observations: Path, index: Path) -> None:
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, Location | type):
+        return dataclasses.asdict(value)  # DropCounts, BatchStats
+    return str(value)  # Path, Location
+
+
+def _recorded(text: str) -> StorePath:
+    """A path summary.json recorded: a local path as written, a store URL as a `Location`."""
+    return store_path(text) if "://" in text else Path(text)
+
+
+def _write_index(
+    con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch_list: StorePath, observations: StorePath, index: Path
+) -> None:
     """COPY the kept photos with their wide columns, sorted by (split, photo_id) for per-split reads."""
     fetch = f"read_parquet({sql_string(fetch_list)})"
     obs = f"read_parquet({sql_string(observations)})"
@@ -148,13 +180,24 @@ def _write_index(con: duckdb.DuckDBPyConnection, options: TrainingOptions, fetch
         )
 
 
+@contextmanager
+def _work_dir(out_dir: StorePath) -> Iterator[Path]:
+    """Local working space of one build: the dataset folder itself when local (as before the store
+    existed); a fresh folder in the store's local scratch otherwise, removed when the build ends."""
+    if isinstance(out_dir, Location):
+        with run_scratch(out_dir.staging.parent / "training", f"building the training dataset in {out_dir}") as work:
+            yield work
+        return
+    yield out_dir
+
+
 def build_training_dataset(
     con: duckdb.DuckDBPyConnection,
     options: TrainingOptions,
-    fetch_list: Path,
-    observations_table: Path,
-    manifests: Path | Sequence[Path],
-    out_dir: Path,
+    fetch_list: StorePath,
+    observations_table: StorePath,
+    manifests: StorePath | Sequence[StorePath],
+    out_dir: StorePath,
     archive_info: Mapping[str, str] | None = None,
     *,
     selection: Mapping[str, object] | None = None,
@@ -168,36 +211,53 @@ def build_training_dataset(
     URL of the archive) and ``selection`` (the dataset's declared filters) go into the card as
     given. ``plots=False`` skips the PNGs (about 0.5 s each to render; tests that do not look at
     them skip them). Holds ``out_dir/.lock`` while building (a second build waits for nothing: it
-    fails with the holder's name). Sets ``preserve_insertion_order = true`` on ``con``.
+    fails with the holder's name; on a store that is a lease object, see `storage.acquire_guard`).
+    Sets ``preserve_insertion_order = true`` on ``con`` and registers the stores of the inputs on it.
     """
-    paths = sorted(manifests.glob("*.parquet")) if isinstance(manifests, Path) else sorted(manifests)
+    folder = isinstance(manifests, Path | Location)
+    paths = sorted(manifests.glob("*.parquet")) if folder else sorted(manifests)  # type: ignore[union-attr, arg-type]
     out_dir.mkdir(parents=True, exist_ok=True)
-    with locked(out_dir / ".lock", purpose=f"building the training dataset in {out_dir}"):
-        return _build(con, options, fetch_list, observations_table, paths, out_dir, dict(archive_info or {}), dict(selection or {}), plots)
+    register(con, fetch_list, observations_table, out_dir, *paths)
+    with (
+        guarded(out_dir / ".lock", purpose=f"building the training dataset in {out_dir}"),
+        _work_dir(out_dir) as work,
+    ):
+        return _build(
+            con, options, fetch_list, observations_table, paths, out_dir, work,
+            dict(archive_info or {}), dict(selection or {}), plots,
+        )  # fmt: skip
 
 
 def _build(
     con: duckdb.DuckDBPyConnection,
     options: TrainingOptions,
-    fetch_list: Path,
-    observations: Path,
-    manifests: list[Path],
-    out_dir: Path,
+    fetch_list: StorePath,
+    observations: StorePath,
+    manifests: list[StorePath],
+    out_dir: StorePath,
+    work: Path,
     archive_info: dict[str, str],
     selection: dict[str, object],
     with_plots: bool,
 ) -> TrainingDatasetResult:
     index = out_dir / INDEX_NAME
+    # What the exports read: the index itself when local, its copy in the build's scratch on a store.
+    local_index = index if isinstance(index, Path) else work / INDEX_NAME
     clock = _StageClock()
     candidates = select_candidates(con, options, fetch_list, observations, manifests)
     clock.lap("select")
     reused = assign_splits(con, options, index)
     clock.lap("splits")
     # Manifests without width/height (written before they carried them): read the kept photos' headers.
-    header_reads = fill_missing_dimensions(con, "training_usable", "SELECT photo_id FROM training_split", out_dir / ".dimensions.parquet")
-    _write_index(con, options, fetch_list, observations, index)
+    header_reads = fill_missing_dimensions(con, "training_usable", "SELECT photo_id FROM training_split", work / ".dimensions.parquet")
+    _write_index(con, options, fetch_list, observations, local_index)
+    if isinstance(index, Location):
+        # Before anything is published: a photo gone from the store fails the build here, leaving
+        # the previous build's objects as they were (there is no folder swap on a store).
+        check_photos_exist(con, local_index)
+        index.upload(local_index)
     clock.lap("index")
-    source = f"read_parquet({sql_string(index)})"
+    source = f"read_parquet({sql_string(local_index)})"
     has_mini = options.mini_per_class is not None
     per_split = {
         str(s): (int(n), int(c))
@@ -218,21 +278,21 @@ def _build(
                         FROM {source} GROUP BY label) WHERE n < {int(minimum)}"""
                 ).fetchone()[0]  # type: ignore[index]
             )
-    licences = write_attribution(con, index, out_dir / "ATTRIBUTION.csv")
+    licences = write_attribution(con, local_index, out_dir / "ATTRIBUTION.csv")
     clock.lap("attribution")
-    exports: dict[str, list[Path]] = {}
+    exports: dict[str, list[StorePath]] = {}
     ex = options.exports
     if ex.imagefolder is not None:
-        exports["imagefolder"] = [write_imagefolder(index, out_dir, ex.imagefolder, ex.resize)]
+        exports["imagefolder"] = [write_imagefolder(local_index, out_dir, work, ex.imagefolder, ex.resize)]
         clock.lap("imagefolder")
     if ex.webdataset is not None:
-        shards = write_shards(index, out_dir, ex.webdataset, ex.resize, has_mini)
+        shards = write_shards(local_index, out_dir, work, ex.webdataset, ex.resize, has_mini)
         exports["webdataset"] = [p for split_paths in shards.values() for p in split_paths]
         clock.lap("webdataset")
     if ex.coco:
-        exports["coco"] = write_coco(con, index, out_dir, imagefolder=ex.imagefolder is not None, has_mini=has_mini)
+        exports["coco"] = write_coco(con, local_index, out_dir, imagefolder=ex.imagefolder is not None, has_mini=has_mini)
         clock.lap("coco")
-    plots = write_plots(con, index, out_dir, candidates.batches) if with_plots else {}
+    plots = write_plots(con, local_index, out_dir, candidates.batches) if with_plots else {}
     clock.lap("plots")
     result = TrainingDatasetResult(
         out_dir=out_dir,

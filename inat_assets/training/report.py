@@ -42,7 +42,8 @@ def drop_lines(result: TrainingDatasetResult) -> list[tuple[str, int]]:
 
 def summary_text(result_or_dir: TrainingDatasetResult | Path) -> str:
     """A plain-text summary: coverage of the fetch list, splits, classes, licences, drops, exports."""
-    r = result_or_dir if not isinstance(result_or_dir, Path) else load_result(result_or_dir)
+    # A folder is a Path, or a Location when the data directory is on an object store.
+    r = load_result(result_or_dir) if hasattr(result_or_dir, "joinpath") else result_or_dir  # type: ignore[arg-type]
     lines = [f"Training dataset in {r.out_dir}"]
     lines.append(
         f"  {r.rows:,} photos in {r.classes:,} classes from {r.usable_photos:,} downloaded "

@@ -4,20 +4,19 @@ The layout Hugging Face ``datasets`` loads with ``load_dataset("imagefolder", da
 split folder names ``train``, ``val``, ``test`` are the ones it maps to train/validation/test.
 With a metadata file present it does not infer labels from folder names, so every metadata row
 carries ``label`` (the name) and ``label_id``. Files are hard links to the downloaded photos (no
-extra space; copies when the export is on another file system or ``link: copy``), or resized copies.
+extra space; copies when the export is on another file system or ``link: copy``; server-side copies
+when the data directory is on an object store), or resized copies.
 ``train_mini`` is not exported here: imagefolder has no split of that name (use COCO or WebDataset).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
-from inat_assets.training.exports import exported_bytes, extension, missing_photo, replaced_folder, rows_of
+from inat_assets.storage import StorePath
+from inat_assets.training.exports import export_folder, exported_bytes, extension, read_photos, rows_of
 from inat_assets.training.options import ImageFolderExport, ResizeOptions
 
 METADATA_FIELDS = (
@@ -31,41 +30,31 @@ def label_folder(label: str) -> str:
     return re.sub(r"[/\\\x00-\x1f]", "_", label).strip(". ") or "_"
 
 
-def _place(row: dict, target: Path, spec: ImageFolderExport) -> None:
-    source = row["path"]
-    try:
-        if spec.link == "hardlink":
-            try:
-                os.link(source, target)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-        shutil.copyfile(source, target)
-    except FileNotFoundError as exc:
-        raise missing_photo(row, exc) from exc
-
-
-def write_imagefolder(index: Path, out_dir: Path, spec: ImageFolderExport, resize: ResizeOptions | None) -> Path:
+def write_imagefolder(
+    index: Path, out_dir: StorePath, work: Path, spec: ImageFolderExport, resize: ResizeOptions | None
+) -> StorePath:
+    """Write ``out_dir/imagefolder`` from the local ``index``; ``work`` is local scratch (see `export_folder`)."""
     final = out_dir / "imagefolder"
-    with replaced_folder(final) as tmp:
+    with export_folder(final, work) as folder:
         for split in ("train", "val", "test"):
-            split_dir = tmp / split
-            split_dir.mkdir()
+            folder.mkdir(split)
             made: set[str] = set()
-            with open(split_dir / "metadata.jsonl", "w", encoding="utf-8") as meta:
-                for row in rows_of(index, split):
-                    folder = label_folder(row["label"])
-                    if folder not in made:
-                        (split_dir / folder).mkdir(exist_ok=True)
-                        made.add(folder)
+            meta_rel = f"{split}/metadata.jsonl"
+            with open(folder.file(meta_rel), "w", encoding="utf-8") as meta:
+                rows = rows_of(index, split)
+                for row, data in read_photos(rows) if resize is not None else ((r, b"") for r in rows):
+                    label = label_folder(row["label"])
+                    if label not in made:
+                        folder.mkdir(f"{split}/{label}")
+                        made.add(label)
                     if resize is None:
-                        name = f"{folder}/{row['photo_id']}.{extension(row['path'])}"
-                        _place(row, split_dir / name, spec)
+                        name = f"{label}/{row['photo_id']}.{extension(row['path'])}"
+                        folder.place(f"{split}/{name}", row, spec.link)
                     else:
-                        data, ext = exported_bytes(row, resize)
-                        name = f"{folder}/{row['photo_id']}.{ext}"
-                        (split_dir / name).write_bytes(data)
+                        data, ext = exported_bytes(row, data, resize)
+                        name = f"{label}/{row['photo_id']}.{ext}"
+                        folder.write(f"{split}/{name}", data)
                     record = {"file_name": name, **{k: row[k] for k in METADATA_FIELDS}}
                     meta.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+            folder.close_file(meta_rel)
     return final

@@ -3,7 +3,8 @@
 The sample key is the photo id; ``.cls`` holds the label id as text, ``.json`` the index row (minus
 the local path). A shard is closed before it would pass the declared byte size or photo count, so a
 shard exceeds ``shard_max_bytes`` only when one photo alone does. Each split's shard set is written
-into a temporary folder that replaces the previous set at the end.
+into a temporary folder that replaces the previous set at the end (on a store: each shard uploaded
+whole once closed, the previous build's extra shards deleted at the end; see `export_folder`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from inat_assets.training.exports import exported_bytes, replaced_folder, rows_of, split_names
+from inat_assets.storage import StorePath
+from inat_assets.training.exports import (
+    ExportFolder,
+    export_folder,
+    exported_bytes,
+    read_photos,
+    rows_of,
+    split_names,
+)
 from inat_assets.training.options import ResizeOptions, WebDatasetExport
 
 _TAR_OVERHEAD = 3 * 1024  # three 512-byte headers plus padding per sample, roughly
@@ -77,29 +86,29 @@ def _json_row(row: dict) -> bytes:
 
 
 def write_shards(
-    index: Path, out_dir: Path, spec: WebDatasetExport, resize: ResizeOptions | None, has_mini: bool
-) -> dict[str, list[Path]]:
-    """Write every split's shard set; returns the shard paths per split."""
+    index: Path, out_dir: StorePath, work: Path, spec: WebDatasetExport, resize: ResizeOptions | None, has_mini: bool
+) -> dict[str, list[StorePath]]:
+    """Write every split's shard set from the local ``index``; returns the shard paths per split."""
     root = out_dir / "webdataset"
     root.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[Path]] = {}
+    written: dict[str, list[StorePath]] = {}
     for split in split_names(has_mini):
         final = root / split
-        with replaced_folder(final) as tmp:
-            names = _write_split(rows_of(index, split), tmp, split, spec, resize)
+        with export_folder(final, work) as folder:
+            names = _write_split(rows_of(index, split), folder, split, spec, resize)
         written[split] = [final / n for n in names]
     return written
 
 
 def _write_split(
-    rows: Iterable[dict], folder: Path, split: str, spec: WebDatasetExport, resize: ResizeOptions | None
+    rows: Iterable[dict], folder: ExportFolder, split: str, spec: WebDatasetExport, resize: ResizeOptions | None
 ) -> list[str]:
     names: list[str] = []
     tar: _Shard | None = None
     size = count = 0
     try:
-        for row in rows:
-            data, ext = exported_bytes(row, resize)
+        for row, photo in read_photos(rows):
+            data, ext = exported_bytes(row, photo, resize)
             meta = _json_row(row)
             need = len(data) + len(meta) + _TAR_OVERHEAD
             full = tar is not None and (
@@ -109,8 +118,9 @@ def _write_split(
             if tar is None or full:
                 if tar is not None:
                     tar.close()
+                    folder.close_file(names[-1])
                 names.append(f"{split}-{len(names):06d}.tar")
-                tar = _Shard(folder / names[-1])
+                tar = _Shard(folder.file(names[-1]))
                 size = count = 0
             key = str(row["photo_id"])
             tar.add(f"{key}.{ext}", data)
@@ -124,4 +134,5 @@ def _write_split(
         raise
     if tar is not None:
         tar.close()
+        folder.close_file(names[-1])
     return names
