@@ -353,6 +353,32 @@ def test_crlf_normalizer_gives_the_same_stream_whatever_the_chunk_boundaries() -
         assert normalize(size) == reference, size
 
 
+@pytest.mark.parametrize("records", [0, 1, 7, 400, 2000])
+def test_record_chunks_shrink_at_the_end_and_stay_within_max_chunks(
+    records: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last chunks take a quarter of what remains each, whole records only, never more than max_chunks."""
+    from inat_assets.dwca.csv_stream import CsvStreamNormalizer, RecordChunker
+
+    monkeypatch.setattr(RecordChunker, "TAIL_MIN_BYTES", 64)
+    header = b"id,remarks\n"
+    body = b"".join(b'%d,"line\nwith a quoted newline %d"\n' % (i, i) if i % 3 else b"%d,plain\n" % i for i in range(records))
+    stream = header + body
+    pieces = [stream[i : i + 97] for i in range(0, len(stream), 97)]
+    chunker = RecordChunker(2000, 10_000, expected_bytes=len(stream))
+    chunks = list(chunker.split(CsvStreamNormalizer(10_000), pieces))
+    assert b"".join(b"".join(c.views()) for c in chunks) == body
+    assert [c.index for c in chunks] == list(range(len(chunks))) and len(chunks) <= chunker.max_chunks()
+    for chunk in chunks:  # each chunk ends a record: an even number of quotes and a final \n
+        data = b"".join(chunk.views())
+        assert data.endswith(b"\n") and data.count(b'"') % 2 == 0
+    sizes = [c.size for c in chunks]
+    if len(body) > 8 * 2000:
+        assert sizes[0] >= 2000 and min(sizes[:-1]) < 2000 // 4  # full chunks first, a shrinking tail after
+        tail = sizes[sizes.index(next(s for s in sizes if s < 2000)) : -1]
+        assert all(later <= earlier + 60 for earlier, later in zip(tail, tail[1:]))  # shrinks (records vary)
+
+
 # Chunked conversion ---------------------------------------------------------------------------
 def _convert(archive: Path, data: Path, read_mode: str, table: str = "observations") -> tuple[object, list]:
     info = inspect_archive(archive)

@@ -5,10 +5,11 @@ The member is inflated and normalized on one thread and cut into chunks of whole
 and writes the one output file (see _ChunkPipeline for why, with the numbers). Two ways to hand
 the chunks to DuckDB (``read_mode``), measured in bench/convert.py:
 
-- ``stream``: each chunk through its own named pipe, while the next chunks inflate. Needs no disk
-  for the CSV; a few chunks are in memory.
-- ``extract``: every chunk is first written as a file in the scratch folder (deleted afterwards),
-  then DuckDB reads them. Needs the member's size free on disk, and is slower (see choose_read_mode).
+- ``stream``: each chunk is written from memory into its own named pipe, while the next chunks
+  inflate. Needs no disk for the CSV; the chunks waiting for DuckDB are in memory.
+- ``extract``: each chunk is first written as a file in the scratch folder, then moved into its
+  pipe (splice) and deleted once DuckDB has read it. The chunks waiting for DuckDB are on disk
+  (a few chunks' worth), not in memory; writing them costs some CPU (see choose_read_mode).
 - ``auto`` (default): ``stream``.
 
 Malformed lines never abort a conversion: DuckDB's ``store_rejects`` collects them, and they are
@@ -18,14 +19,18 @@ header is line 1), byte offset, raw text and reason.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import select
+import termios
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import duckdb
 import pyarrow as pa
@@ -49,10 +54,11 @@ Log = Callable[[str], None]
 # Lines over 2 MB exist in the real archive (HTML remarks); DuckDB's default limit is 2,000,000.
 MAX_LINE_BYTES = 16 << 20
 _BUFFER_BYTES = 32 << 20
-# Bytes of CSV per chunk (one pipe or file each), the size of DuckDB's read buffer. Stream mode
-# holds up to 2 x threads chunks in memory; 64 and 128 MB chunks used the same CPU (500k
-# observations, per-chunk queries), so the smaller size and memory won.
-CHUNK_BYTES = 32 << 20
+# Bytes of CSV per chunk (one pipe each; the last chunks are smaller, see RecordChunker). Up to
+# 2 x threads chunks wait for DuckDB. 5M observations (bench/convert.py, stream, 1-2 rounds):
+# 8 MB 37.9 s, 16 MB 35.5-36.5 s, 32 MB 36.0 s, 64 MB 36.4 s; 16 MB had the lowest peak RSS of
+# those within the noise (755 MB against 870 MB for 32 MB).
+CHUNK_BYTES = 16 << 20
 _PROGRESS_SECONDS = 30.0
 
 
@@ -95,9 +101,8 @@ def sql_string(value: str | Path) -> str:
 
 
 def choose_read_mode(read_mode: str) -> Literal["stream", "extract"]:
-    """``auto`` is ``stream``: with the chunked pipes it was faster than ``extract`` in every round of
-    bench/convert.py (5M observations: 178-245 s against 261-291 s) and needs no disk for the CSV;
-    ``extract`` inflates the whole member before DuckDB starts."""
+    """``auto`` is ``stream``: it needs no disk for the CSV, and ``extract``'s file writes cost CPU
+    (bench/convert.py, 5M observations: 69 s of CPU for stream, 70-78 s for extract)."""
     if read_mode not in ("auto", "stream", "extract"):
         raise ValueError(f"read mode must be auto, stream or extract, not {read_mode!r}")
     return "stream" if read_mode == "auto" else read_mode  # type: ignore[return-value]
@@ -294,13 +299,14 @@ class _ChunkPipeline:
     is cut into chunks (csv_stream.RecordChunker), each chunk is written into its own named pipe
     and DuckDB parses and encodes them on every thread while the next chunks inflate. The pipes
     are all created up front (the member's size says how many chunks there can be; unused ones
-    are closed empty). ``extract`` writes the chunks as files first, then runs the same query.
+    are closed empty). ``extract`` writes each chunk to a file first and splices it into its pipe
+    (the producer runs ahead of DuckDB by a few files, never by the whole member).
     One query keeps DuckDB's own Parquet writer and one output file: the per-chunk queries tried
     first (Arrow out of DuckDB, written by pyarrow) took 12 % more CPU (6.1 vs 5.45 s, 500k observations).
 
     DuckDB numbers a reject by record within its chunk; the member's line number (every ``\n``
     before the line, header = line 1) needs the chunk's bytes, so when there are rejects the
-    chunks are read again (inflated again in stream mode) up to the last chunk with a reject.
+    member is inflated and cut again up to the last chunk with a reject.
     """
 
     def __init__(
@@ -315,14 +321,12 @@ class _ChunkPipeline:
     ) -> None:
         self.con, self.archive, self.member, self.normalizer = con, archive, member, normalizer
         self.run_dir, self.mode, self.reject_table = run_dir, mode, reject_table
-        self.chunker = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES)
+        self.chunker = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES, member.size)
         self.workers = _duckdb_threads(con)
         self.scan_rejects = f"{reject_table}_scan"
-        # Each chunk but the last has at least CHUNK_BYTES and the normalized stream is never
-        # longer than the member, so this many sources always suffice.
-        planned = max(member.size - member.header_bytes, 0) // CHUNK_BYTES + 1
+        # The normalized stream is never longer than the member, so this many sources always suffice.
+        planned = self.chunker.max_chunks()
         self.sources = [run_dir / f"chunk-{i:06d}.csv" for i in range(planned)]
-        self.offsets: list[int] = []  # extract mode: where each chunk file starts in the stream
         self.chunks = 0
         self._stop = threading.Event()
         # Chunks held in memory for their pipes: DuckDB reads `workers` at a time (in list order), the
@@ -337,29 +341,25 @@ class _ChunkPipeline:
 
     def run(self, output: Path) -> int:
         """Write every valid row to ``output``; the rejects end in ``reject_table`` (line, byte_offset, ...)."""
-        if self.mode == "extract":
-            self._extract()
+        for source in self.sources:
+            os.mkfifo(source)
+        producer = threading.Thread(target=self._produce, name=f"chunk-{self.member.name}", daemon=True)
+        producer.start()
+        try:
             rows = self._copy(output)
-        else:
-            for source in self.sources:
-                os.mkfifo(source)
-            producer = threading.Thread(target=self._produce, name=f"chunk-{self.member.name}", daemon=True)
-            producer.start()
-            try:
-                rows = self._copy(output)
-            except BaseException:
-                self._stop.set()
-                self._abandon_feeders()
-                producer.join(timeout=30)
-                self._abandon_feeders()
-                if self._archive_error is not None:  # an archive fault explains DuckDB's error
-                    raise self._archive_error from None
-                raise
-            producer.join()
-            for feeder in self._feeders:
-                feeder.join_and_raise()
-            if self._archive_error is not None:
-                raise self._archive_error
+        except BaseException:
+            self._stop.set()
+            self._abandon_feeders()
+            producer.join(timeout=30)
+            self._abandon_feeders()
+            if self._archive_error is not None:  # an archive fault explains DuckDB's error
+                raise self._archive_error from None
+            raise
+        producer.join()
+        for feeder in self._feeders:
+            feeder.join_and_raise()
+        if self._archive_error is not None:
+            raise self._archive_error
         self._number_rejects()
         return rows
 
@@ -378,28 +378,26 @@ class _ChunkPipeline:
     def _chunks(self) -> Iterator[CsvChunk]:
         return self.chunker.split(self.normalizer, iter_member_bytes(self.archive, self.member.name))
 
-    def _extract(self) -> None:
-        for chunk in self._chunks():
-            with open(self.sources[chunk.index], "wb") as fh:
-                fh.writelines(chunk.views())
-            self.offsets.append(chunk.offset)
-            self.chunks = chunk.index + 1
-        self.sources = self.sources[: max(self.chunks, 1)]
-        if not self.chunks:
-            self.sources[0].touch()  # a member with a header only: one empty file, no rows
+    def _extracted(self, index: int) -> Path:
+        return self.run_dir / f"extracted-{index:06d}.csv"
 
     def _produce(self) -> None:
         try:
             for chunk in self._chunks():
                 if chunk.index >= len(self.sources):
                     raise ConversionError(f"{self.member.name}: more chunks than planned ({len(self.sources)}); a bug")
+                data: list[memoryview] | Path = chunk.views()
+                if self.mode == "extract":
+                    data = self._extracted(chunk.index)
+                    with open(data, "wb") as fh:
+                        fh.writelines(chunk.views())
                 while not self._slots.acquire(timeout=0.2):
                     if self._stop.is_set():
                         return
                 if self._stop.is_set():
                     self._slots.release()
                     return
-                self._feed(chunk.index, chunk.views(), self._slots.release)
+                self._feed(chunk.index, data, self._slots.release)
                 self.chunks = chunk.index + 1
         except BaseException as exc:  # raised by run() on the caller's thread
             self._archive_error = exc
@@ -408,7 +406,7 @@ class _ChunkPipeline:
                 for index in range(self.chunks, len(self.sources)):
                     self._feed(index, [], None)
 
-    def _feed(self, index: int, data: list[memoryview], done: Callable[[], None] | None) -> None:
+    def _feed(self, index: int, data: list[memoryview] | Path, done: Callable[[], None] | None) -> None:
         feeder = _PipeFeeder(self.sources[index], data, done)
         self._feeders.append(feeder)
         feeder.start()
@@ -419,6 +417,13 @@ class _ChunkPipeline:
 
     def _number_rejects(self) -> None:
         """The rejects with the member's line number and their offset in the normalized stream."""
+        if not self.con.execute(f"SELECT count(*) FROM {self.scan_rejects}").fetchall()[0][0]:
+            # Nothing to number: the join below took 0.27 s of one core with none (5M observations).
+            self.con.execute(
+                f"CREATE TABLE {self.reject_table} "
+                "(line BIGINT, byte_offset BIGINT, error_message VARCHAR, csv_line VARCHAR)"
+            )
+            return
         files = pa.table({"file_path": [str(s) for s in self.sources], "chunk": list(range(len(self.sources)))})
         self.con.register("chunk_files", files)
         try:
@@ -470,12 +475,7 @@ class _ChunkPipeline:
         return pa.table(starts, schema=_STARTS), pa.table(found, schema=_LINE_MAP)
 
     def _chunks_again(self, last: int) -> Iterator[CsvChunk]:
-        if self.mode == "extract":
-            for index in range(min(last + 1, self.chunks)):
-                data = self.sources[index].read_bytes()
-                yield CsvChunk(index, ((data, 0, len(data)),), self.offsets[index], len(data))
-            return
-        again = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES)  # the same cuts: same bytes, same rule
+        again = RecordChunker(CHUNK_BYTES, MAX_LINE_BYTES, self.member.size)  # the same cuts: same bytes, same rule
         for chunk in again.split(CsvStreamNormalizer(MAX_LINE_BYTES), iter_member_bytes(self.archive, self.member.name)):
             if chunk.index > last:
                 return
@@ -535,9 +535,9 @@ def _write_rejects(
 
 
 class _PipeFeeder(threading.Thread):
-    """Writes one chunk into a named pipe; DuckDB reads the other end."""
+    """Writes one chunk (its bytes, or the file it was extracted to) into a named pipe; DuckDB reads the other end."""
 
-    def __init__(self, fifo: Path, data: list[memoryview], done: Callable[[], None] | None) -> None:
+    def __init__(self, fifo: Path, data: list[memoryview] | Path, done: Callable[[], None] | None) -> None:
         super().__init__(name=f"feed-{fifo.name}", daemon=True)
         self.fifo, self.data, self.done = fifo, data, done
         self.error: BaseException | None = None
@@ -547,7 +547,10 @@ class _PipeFeeder(threading.Thread):
             # Buffered on purpose: a raw write to a pipe can return early (a signal mid-write) and
             # drop the rest of the chunk; BufferedWriter.write loops until every byte is written.
             with open(self.fifo, "wb", buffering=1 << 20) as pipe:
-                pipe.writelines(self.data)
+                if isinstance(self.data, Path):
+                    _send_file(self.data, pipe)
+                else:
+                    pipe.writelines(self.data)
         except BrokenPipeError:
             pass  # the reader went away; DuckDB's own error is the one to report
         except BaseException as exc:  # reported by join_and_raise on the caller's thread
@@ -572,6 +575,41 @@ class _PipeFeeder(threading.Thread):
         except OSError:
             pass
         self.join(timeout=10)
+
+
+def _send_file(path: Path, pipe: BinaryIO) -> None:
+    """Move an extracted chunk into the pipe with splice(2), wait until DuckDB has read it, delete it.
+
+    Deleted as soon as it is read: kept to the end of the member, the chunk files were written back
+    to disk and deleting them took 45 ms each on this VM's ext4 (mounted with ``discard``), 5 s for
+    observations.csv's 112 chunks. Not before it is read: spliced pages stay the file's, and the
+    kernel may refuse (ENODATA) to hand a reader pages of a file that is gone. Spliced instead of
+    copied through a buffer: 2 s less CPU over the 5M archive's two members.
+    """
+    pipe.flush()
+    fd = pipe.fileno()
+    with open(path, "rb", buffering=0) as src:
+        if hasattr(os, "splice"):
+            while os.splice(src.fileno(), fd, 1 << 30):  # blocks while the pipe is full; 0 at the end
+                pass
+        else:  # not Linux
+            while data := src.read(1 << 20):
+                pipe.write(data)
+            pipe.flush()
+    _wait_until_read(fd)
+    path.unlink()
+
+
+def _wait_until_read(fd: int) -> None:
+    """Return once the pipe behind ``fd`` is empty, or its reader has closed it."""
+    unread = array.array("i", [0])
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR (no reader left) is always reported
+    while True:
+        fcntl.ioctl(fd, termios.FIONREAD, unread)
+        if not unread[0] or any(events & select.POLLERR for _, events in poller.poll(0)):
+            return
+        time.sleep(0.005)
 
 
 class _ProgressLogger(threading.Thread):
