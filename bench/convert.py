@@ -17,31 +17,46 @@ The archive has no malformed lines by default: the original statements abort on 
 
 Prints wall seconds and CPU seconds (medians over rounds), peak RSS, each variant's ratio to the
 original (ratio of medians, and median of the per-round ratios), and the scratch disk each needs
-besides the outputs (computed from the member sizes: unzip holds both members, extract one).
+besides the outputs (unzip holds both members; extract at most one file per feeder slot plus the
+one being written, each a chunk and a record long, deleted once DuckDB has read it).
 
-Measured 2026-11-27 on the 2-core Intel Xeon @ 2.50GHz VM (23 GB), shared with ~7 other agents
-(load average 10-15 during the run, so wall times drifted: the original took 251-423 s), 5M
-observations, 3 rounds:
+Measured 2026-11-27 on the quiet 2-core Intel Xeon @ 2.50GHz VM (23 GB, ext4), 5M observations
+(3.75 GB observations.csv, 2.74 GB media.csv), 3 rounds:
 
     variant         median s   cpu s  peak RSS MB  x original per-round x  cpu x scratch GB
-    original           272.1   106.6         1126        1.00        1.00   1.00       6.50
-    ours-stream        232.5    81.5          966        0.85        0.66   0.76       0.00
-    ours-extract       270.1    82.0          696        0.99        0.99   0.77       3.75
+    original            75.0    99.9         1206        1.00        1.00   1.00       6.50
+    ours-stream         37.3    69.1          770        0.50        0.50   0.69       0.00
+    ours-extract        36.8    69.9          703        0.49        0.49   0.70       0.17
 
-(per-round ratios: stream 0.55, 0.97, 0.66; extract 0.62, 1.16, 0.99). The 0.5x goal is not met.
-CPU is the floor: ours takes 0.76x the original's CPU seconds (81.5 vs 106.6). An estimate, not a
-measurement: unzip was a third of the original's CPU at 500k observations (3.4 of 10.4 s), so with
-both cores free the original needs ~35 + 71/2 = 71 s and ours at least 81.5/2 = 41 s, about 0.58x;
-under load the wall ratio tends to the CPU ratio.
+Per-round ratios: stream 0.48, 0.50, 0.55; extract 0.49, 0.49, 0.57. In round 3 both of ours used
+15-20 % more CPU seconds for the same work (79.8 and 84.7 s against 67-70 s in rounds 1-2; the
+original's CPU rose 5 %): the VM, not the code. Three earlier 1-3-round runs the same hour:
+stream 0.48-0.52x, extract 0.49-0.55x. Ours stays at about 1.9 busy cores throughout (a /proc/stat
+sampler: idle only in the first second and for ~0.5 s between the members); CPU is the floor, and
+DuckDB's parse and encode are 84 % of it (below), so 0.5x is about as far as a DuckDB COPY goes
+on two cores. What got it there from 0.66x/0.99x (profiled with perf):
 
-Where the time goes (`--stages`, same machine and day, CPU seconds, one stage after the other):
+- inflate with ISA-L's streaming decompressor (`isal.igzip_lib.IgzipDecompressor`): 4.1 s of CPU
+  for observations.csv against 7.2 s with `isal_zlib.decompressobj`, which copied the unconsumed
+  input on every call and allocated a fresh output of max_length each time (page faults);
+- the quote count reuses one buffer instead of allocating a bool array per piece (1.2 %);
+- `extract` no longer inflates the whole member before DuckDB starts: each chunk file is spliced
+  into its pipe as soon as it is written and deleted once read (deleting them at the end cost 45 ms
+  each on this ext4, mounted with `discard`, 5 s of idle cores);
+- 16 MB chunks and a shrinking tail (the last chunks take a quarter of what remains), so both
+  DuckDB threads run out of work together; no rejects pass when there are no rejects.
 
-    observations.csv 3.75 GB  inflate 7.3 s (12%)  normalize+chunk 5.3 s (8%)   parse 28.3 s (45%)  encode 22.2 s (35%)  write 0.1 s
-    media.csv        2.74 GB  inflate 3.6 s (12%)  normalize+chunk 3.7 s (12%)  parse 11.9 s (38%)  encode 11.7 s (38%)  write 0.1 s
+Where the time goes (`--stages`, same machine and hour, CPU seconds, one stage after the other):
+
+    observations.csv 3.75 GB  inflate 5.1 s (8%)  normalize+chunk 4.2 s (7%)  parse 30.0 s (49%)  encode 21.5 s (35%)  write 0.2 s
+    media.csv        2.74 GB  inflate 1.5 s (6%)  normalize+chunk 2.1 s (8%)  parse 11.7 s (44%)  encode 11.2 s (42%)  write 0.2 s
 
 (normalize+chunk includes writing the chunk files to the page cache.) DuckDB's parse and Parquet
-encoding are four fifths of the work; neither changed with the codec (zstd 1, snappy, none: same
-CPU), bloom filters, row group size or buffer size (500k observations).
+encoding are 84-86 % of the work; neither changed with the codec (zstd 1, zstd -5, snappy, none:
+same CPU), Parquet V2 encodings, dictionary limits, bloom filters, row group size, buffer size,
+DuckDB's allocator settings, reading files instead of pipes, or per-thread output files (500k
+observations). A perf profile of the COPY puts 17 % of DuckDB's CPU in copying each row into the
+Parquet writer's row-group buffer (ColumnDataCollection::Append), which no setting avoids.
 """
 
 from __future__ import annotations
@@ -146,13 +161,25 @@ def stages(archive: Path, workdir: Path, stage_memory: str) -> None:
 def disk_needed(archive: Path) -> dict[str, int]:
     """Scratch bytes each variant holds at its peak besides the Parquet outputs (from the member sizes)."""
     from inat_assets.dwca.archive import inspect_archive
+    from inat_assets.dwca.convert import CHUNK_BYTES, MAX_LINE_BYTES
 
     info = inspect_archive(archive)
     return {
         "original": info.observations.size + info.media.size,  # unzip extracts both members
         "ours-stream": 0,  # named pipes; chunks in flight are in memory
-        "ours-extract": max(info.observations.size, info.media.size),  # one member's chunk files at a time
+        # Chunk files waiting for DuckDB: one per feeder slot plus the one being written, each at most
+        # a chunk and a record long; deleted once read.
+        "ours-extract": (_feeder_slots() + 1) * (CHUNK_BYTES + MAX_LINE_BYTES),
     }
+
+
+def _feeder_slots() -> int:
+    import duckdb
+
+    from inat_assets.dwca.convert import _ChunkPipeline
+
+    with duckdb.connect() as con:
+        return _ChunkPipeline.feeder_slots(con)
 
 
 def run_variant(variant: str, archive: Path, out: Path) -> dict[str, float]:

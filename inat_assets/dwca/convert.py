@@ -331,7 +331,7 @@ class _ChunkPipeline:
         self._stop = threading.Event()
         # Chunks held in memory for their pipes: DuckDB reads `workers` at a time (in list order), the
         # next ones wait; capped so that many threads do not mean gigabytes of waiting chunks.
-        self._slots = threading.Semaphore(max(2, min(2 * self.workers, 8)))
+        self._slots = threading.Semaphore(self.feeder_slots(con))
         self._feeders: list[_PipeFeeder] = []
         self._archive_error: BaseException | None = None
 
@@ -377,6 +377,11 @@ class _ChunkPipeline:
 
     def _chunks(self) -> Iterator[CsvChunk]:
         return self.chunker.split(self.normalizer, iter_member_bytes(self.archive, self.member.name))
+
+    @staticmethod
+    def feeder_slots(con: duckdb.DuckDBPyConnection) -> int:
+        """Chunks handed to pipes at once (in memory in stream mode, on disk in extract mode)."""
+        return max(2, min(2 * _duckdb_threads(con), 8))
 
     def _extracted(self, index: int) -> Path:
         return self.run_dir / f"extracted-{index:06d}.csv"
