@@ -26,35 +26,37 @@ without re-encoding, 2 processes x 64 threads.
 
 Measured 2026-11-27 on the quiet 2-core dev VM (Intel Xeon @ 2.50GHz, AVX-512, no SHA
 instructions; 23 GB; files on ext4 /tmp), ``--count 10000 --repeat 3 --only ours,aiohttp,img2dataset
---img2dataset-python /work/venvs/img2dataset/bin/python``, medians of 3:
+--img2dataset-python /work/venvs/img2dataset/bin/python``, medians of 3, every run's files kept to
+the end (see main):
 
     latency  contender      images/s  (min-max)  CPU ms/img  peak MB
-    0 ms     ours             1549  (1528-1766)     1.12       297
-             aiohttp          1836  (1815-2344)     0.55        46
-             img2dataset       857    (748-882)     1.47       217
-    50 ms    ours             1496  (1447-1550)     1.14       297
-             aiohttp          1205  (1202-1208)     0.65        44
-             img2dataset       762    (744-815)     1.64       213
+    0 ms     ours             1652  (1278-1692)     0.99       298
+             aiohttp          3133  (2719-3190)     0.32        46
+             img2dataset       866    (842-878)     1.38       217
+    50 ms    ours             1705  (1608-1738)     0.95       295
+             aiohttp          1207  (1201-1213)     0.39        45
+             img2dataset       825    (807-830)     1.39       212
 
-Ratios of images/s, ours (defaults): 0.84x aiohttp and 1.81x img2dataset at 0 ms; 1.24x aiohttp
-and 1.96x img2dataset at 50 ms. Where ours spends its CPU (perf, all threads of the run's three
-processes, 10,000 photos at 0 ms, 1.16 ms per photo under perf): the two workers' event-loop
-threads 66 % (CPython running aiohttp's Python half, httpx's Request/Response objects, asyncio
-and our fetcher, validation and manifest rows 45 %; sha256 of every body 10 %, about 0.1 ms per
-40 KB photo; socket system calls and libc 9 %), the two workers' file-writing threads 24 % (almost
-all in the kernel: ext4 inode allocation, which on this VM scans past the inodes of the files the
-previous runs deleted (recently_deleted, find_inode_bit), the directory lock both processes take,
-rename),
-the parent 9 % (input, manifest, progress, start-up). The bare aiohttp loop's whole cost is
-0.55 ms, so 0.8 ms leaves 0.25 ms for sha256 (0.1), httpx's objects and the rest: the 0.8 ms
-goal is out of reach with httpx as the interface and every safeguard (hash, validation, atomic
-write, manifest) kept. Writing each photo
-as an O_TMPFILE linked under its name (two directory operations fewer) measured 0.043 against
-0.062 ms of CPU per file in isolation but no difference in this run (0.996 vs 1.006 ms per photo,
+Ratios of images/s, ours (defaults): 0.53x aiohttp and 1.91x img2dataset at 0 ms; 1.41x aiohttp
+and 2.07x img2dataset at 50 ms. The same run with each run's files deleted right after it (as this
+script did before) gave 0.84x aiohttp at 0 ms, with aiohttp at 0.55 ms and
+ours at 1.12 ms of CPU per image: creating files right after a mass deletion costs ext4 (on this VM)
+0.33-0.41 ms per file instead of 0.08 (it skips recently deleted inodes), which slowed the bare loop
+far more than ours. At 0 ms the machine is CPU-bound: ours needs ~1 ms of CPU per photo where the
+bare loop needs 0.32, so the 0.75x goal at 0 ms and the 0.8 ms goal are not met.
+
+Where ours spends its CPU (perf, all threads of the run's three processes, 10,000 photos at 0 ms,
+files on tmpfs to leave the file system out, 0.99 ms per photo): the two workers' event-loop threads
+79 % (CPython 54 %: aiohttp's Python half, httpx's Request/Response objects, asyncio, our fetcher,
+validation and manifest rows; sha256 of every body 13 %, about 0.13 ms per 40 KB photo; kernel and
+libc 9 %), the parent 11 % (input, manifest, progress, start-up), the file-writing threads 7 %, an
+idle OpenBLAS thread 1 %. The bare aiohttp loop's whole cost is 0.30 ms on tmpfs. Writing each
+photo as an O_TMPFILE linked under its name (two directory operations fewer) measured 0.043 against
+0.062 ms of CPU per file in isolation but no difference in a whole run (0.996 vs 1.006 ms per photo,
 one process, medians of 5), so the temporary name and rename stayed.
 
-Earlier, on the 2-core dev VM while about seven other sessions shared it (load
-average 10-14: every process got a fraction of a core, so images/s mostly follows CPU per image
+Earlier (each run's files deleted right after it), on the 2-core dev VM while about seven other
+sessions shared it (load average 10-14: every process got a fraction of a core, so images/s mostly follows CPU per image
 and the spread is wide; CPU per image is the steadier figure). Files on ext4 (/tmp).
 The defaults, 20,000 x 40 KB, medians of 3, ``--repeat 3 --only ours,ours-1p,aiohttp,img2dataset``:
 
@@ -272,8 +274,7 @@ def importable(python: str, module: str) -> bool:
     return subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-def measure(name: str, python: str, base: str, args: argparse.Namespace, work: Path) -> dict[str, float] | None:
-    out = work / f"{name}-out"
+def measure(name: str, python: str, base: str, args: argparse.Namespace, out: Path, keep: bool) -> dict[str, float] | None:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [python, str(Path(__file__).resolve()), "--child", name, "--base", base, "--count", str(args.count),
            "--concurrency", str(args.concurrency), "--out", str(out)]
@@ -286,7 +287,8 @@ def measure(name: str, python: str, base: str, args: argparse.Namespace, work: P
     files = [p for p in out.rglob("*.jpg")]
     result["files"] = len(files)
     result["bytes_ok"] = all(p.stat().st_size == args.image_bytes for p in files[:200])
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return result
 
 
@@ -322,15 +324,26 @@ def main(argv: list[str] | None = None) -> int:
           f"img2dataset 2 processes x {args.concurrency} threads; {os.cpu_count()} cores; {args.repeat} run(s) "
           f"each, interleaved, medians; files in {args.workdir or tempfile.gettempdir()}")
     work = Path(tempfile.mkdtemp(prefix="inat-bench-", dir=args.workdir))
+    latencies = [float(x) for x in args.latency_ms.split(",")]
+    # Every run's files stay until the end. Deleted after each run, they made the next run's file
+    # creation several times dearer: ext4 (on this VM) skips the inodes of recently deleted files
+    # when it allocates new ones; 10,000 x 40 KB written by two processes took 0.084 ms of CPU per
+    # file after no deletion and 0.33-0.41 ms right after deleting the previous 10,000.
+    needed = len(names) * args.repeat * len(latencies) * args.count * (args.image_bytes + 4096)
+    keep = shutil.disk_usage(work).free > 1.2 * needed
+    if not keep:
+        print(f"note: {needed / 1e9:.1f} GB would not fit in {work}; each run's files are deleted after it, "
+              "which makes file creation in the runs that follow dearer on ext4")
     try:
-        for latency in (float(x) for x in args.latency_ms.split(",")):
+        for latency in latencies:
             proc, base = start_mirror(latency, args.image_bytes)
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
             try:
-                for _ in range(args.repeat):  # round-robin: drift in the machine's load hits everyone alike
+                for round_ in range(args.repeat):  # round-robin: drift in the machine's load hits everyone alike
                     for name in names:
                         mirror_cpu = _process_cpu(proc.pid)
-                        result = measure(name, pythons[name], base, args, work)
+                        out = work / f"{name}-{latency:g}ms-{round_}"
+                        result = measure(name, pythons[name], base, args, out, keep)
                         if result:
                             result["mirror_cpu"] = _process_cpu(proc.pid) - mirror_cpu
                             runs[name].append(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -376,7 +377,7 @@ def test_record_chunks_shrink_at_the_end_and_stay_within_max_chunks(
     if len(body) > 8 * 2000:
         assert sizes[0] >= 2000 and min(sizes[:-1]) < 2000 // 4  # full chunks first, a shrinking tail after
         tail = sizes[sizes.index(next(s for s in sizes if s < 2000)) : -1]
-        assert all(later <= earlier + 60 for earlier, later in zip(tail, tail[1:]))  # shrinks (records vary)
+        assert all(later <= earlier + 60 for earlier, later in itertools.pairwise(tail))  # shrinks (records vary)
 
 
 # Chunked conversion ---------------------------------------------------------------------------
