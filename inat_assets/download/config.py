@@ -158,7 +158,7 @@ class DownloadConfig:
     read_timeout: float = 30.0  # longest silence while waiting for bytes
     request_deadline: float = 120.0  # whole request: connect, headers and body, per redirect hop
     max_bytes: int = 50 * MB
-    # Bytes of response bodies held in memory at once; None: photo_fetcher.body_budget's rule
+    # Bytes of response bodies held in memory at once; None: body_budget's rule below
     # (3 MB per request in flight, at most 192 MB). Worker processes get a share of the run's.
     body_budget: int | None = None
     try_other_host: bool = True
@@ -288,3 +288,20 @@ def allowed_hosts_from_env(default: tuple[str, ...] = INAT_PHOTO_HOSTS) -> tuple
     raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     return hosts or default
+
+
+# The run's BodyBudget: 3 MB per request in flight (a large original is about 2 MB), at most
+# 192 MB, never less than one body of max_bytes. From 64 requests up that is 192 MB, which with the
+# interpreter and libraries (about 130 MB) and socket buffers (network.py) keeps a run under
+# 500 MB whatever the servers send. Each worker process gets 1/N of it (``DownloadConfig.body_budget``),
+# but at least one body of max_bytes.
+_BUDGET_PER_REQUEST = 3 * MB
+_BUDGET_MAX = 192 * MB
+
+
+def body_budget(config: DownloadConfig) -> int:
+    """Bytes of response bodies one event loop may hold (network.BodyBudget): ``config.body_budget``
+    (a worker process's share), else the rule above."""
+    if config.body_budget is not None:
+        return config.body_budget
+    return max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST))

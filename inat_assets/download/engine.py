@@ -24,9 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from inat_assets.download.config import (
     CACHED,
@@ -39,9 +37,16 @@ from inat_assets.download.config import (
     parse_photo_id,
 )
 from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
-from inat_assets.download.network import AiohttpTransport, make_transport
-from inat_assets.download.photo_fetcher import Fetcher
 from inat_assets.download.writer import LocalWriter, PhotoWriter
+
+if TYPE_CHECKING:
+    import httpx
+
+    from inat_assets.download.photo_fetcher import Fetcher
+
+# The HTTP stack (httpx, aiohttp: network.py, photo_fetcher.py) is imported by the event loops that
+# fetch, not with this module: the parent of worker processes never fetches, and leaving both out
+# keeps 31 MB out of its resident memory (bench/download.py measures the whole process tree).
 
 log = logging.getLogger("inat_assets.download")
 
@@ -252,6 +257,10 @@ class _Run:
     def transport(self) -> tuple[httpx.AsyncBaseTransport, bool]:
         """The transport for a worker, and whether the worker owns it (and closes it when done):
         aiohttp's pool is shared by the whole run, httpcore's are per worker (see network.py)."""
+        import httpx
+
+        from inat_assets.download.network import AiohttpTransport, make_transport
+
         if self._ssl is None:  # one context for all workers: loading CA certificates takes ~20 ms
             ca = self.config.ca_file
             self._ssl = ssl.create_default_context(cafile=ca) if ca else httpx.create_ssl_context()
@@ -367,6 +376,8 @@ class PreviousLookup(Protocol):
 
 async def _download(job: DownloadJob, on_progress: ProgressCallback | None, clean_parts: bool,
                     rows: RowSink | None, previous: PreviousLookup | None) -> tuple[_Run, float]:
+    from inat_assets.download.photo_fetcher import Fetcher
+
     if previous is None:
         previous = PreviousManifest.load(job.previous_manifest)
     with contextlib.nullcontext(rows) if rows is not None else ManifestWriter(job.manifest_path) as writer:

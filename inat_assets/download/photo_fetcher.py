@@ -19,9 +19,9 @@ from inat_assets.download.config import (
     ANY_PORT,
     FAILED_PERMANENT,
     FAILED_TRANSIENT,
-    MB,
     OK,
     DownloadConfig,
+    body_budget,
     parse_allowed_host,
 )
 from inat_assets.download.files import ImageInfo, check_image, describe_non_image, sniff_image
@@ -37,23 +37,6 @@ _PHOTO_PATH = re.compile(r"(?:^|/)photos/\d+/[A-Za-z_]+\.[A-Za-z0-9]+$")
 _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the connection reusable
 _SNIFF_BYTES = 16
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# The run's BodyBudget: 3 MB per request in flight (a large original is about 2 MB), at most
-# 192 MB, never less than one body of max_bytes. From 64 requests up that is 192 MB, which with the
-# interpreter and libraries (about 130 MB) and socket buffers (network.py) keeps a run under
-# 500 MB whatever the servers send. Each worker process gets 1/N of it (DownloadConfig.body_budget),
-# but at least one body of max_bytes.
-_BUDGET_PER_REQUEST = 3 * MB
-_BUDGET_MAX = 192 * MB
-
-
-def body_budget(config: DownloadConfig) -> int:
-    """Bytes of response bodies one event loop may hold (see BodyBudget): ``config.body_budget``
-    (a worker process's share), else the rule above."""
-    if config.body_budget is not None:
-        return config.body_budget
-    return max(config.max_bytes, min(_BUDGET_MAX, config.concurrency * _BUDGET_PER_REQUEST))
-
-
 @dataclass(slots=True)
 class FetchResult:
     """How one photo's fetch ended.

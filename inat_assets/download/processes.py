@@ -10,7 +10,7 @@ aiohttp. Memory stays bounded: at most a few chunks per process are ever queued.
 
 Per-host limits are divided by N, since each child keeps its own budget counters, unless the
 config names a shared ledger (``host_budget``), which all children draw on; the memory budget for
-response bodies (``photo_fetcher.body_budget``) and the concurrency are always divided by N.
+response bodies (``config.body_budget``) and the concurrency are always divided by N.
 
 Children die with their parent: each watches its parent's pid and leaves within a second or so of
 the parent's death (a SIGKILLed parent cannot tell them to stop, and they would otherwise wait on
@@ -39,6 +39,7 @@ from inat_assets.download.config import (
     DownloadConfig,
     HostLimits,
     PhotoTask,
+    body_budget,
 )
 from inat_assets.download.engine import (
     DownloadJob,
@@ -50,7 +51,6 @@ from inat_assets.download.engine import (
     run_loop,
 )
 from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest
-from inat_assets.download.photo_fetcher import body_budget
 from inat_assets.errors import InatAssetsError
 from inat_assets.photos import BatchFolders  # noqa: F401 -- re-exported: the folder rule lives in inat_assets.photos
 

@@ -16,8 +16,13 @@ from inat_assets.download import (
     PhotoTask,
     run_download,
 )
-from inat_assets.download.config import MAX_AUTO_PROCESSES, SMALL_RUN, available_cores, cgroup_cpu_quota
-from inat_assets.download.photo_fetcher import body_budget
+from inat_assets.download.config import (
+    MAX_AUTO_PROCESSES,
+    SMALL_RUN,
+    available_cores,
+    body_budget,
+    cgroup_cpu_quota,
+)
 from inat_assets.download.processes import child_config
 from inat_assets.download.runner import with_processes
 from inat_assets.testing.mirror import MirrorServer, served_bytes

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from inat_assets.download import BatchFolders, DownloadJob, PhotoTask, parse_photo_id, run, run_download
 from inat_assets.download.engine import InputScreen
-from inat_assets.download.manifest import ManifestRow, ManifestWriter
+from inat_assets.download.manifest import ManifestRow, ManifestWriter, arrow_array, manifest_schema
 from inat_assets.errors import StorageError
 from inat_assets.locks import LockedError, acquire
 from inat_assets.testing.mirror import MirrorServer
@@ -66,6 +68,47 @@ def test_manifest_flush_failure_keeps_the_old_manifest(mirror: MirrorServer, tmp
         writer.add(row)  # buffered: fails only at the last flush, in __exit__
     assert path.read_bytes() == before
     assert hidden_parts(tmp_path) == []
+
+
+def test_manifest_columns_equal_pyarrows_own_conversion() -> None:
+    rng = random.Random(7)
+    words = ["", "ok", "naïve 🦉", "a\nb\"c,d", "x" * 3000]
+    makers = {
+        pa.string(): lambda: rng.choice(words),
+        pa.int64(): lambda: rng.choice([0, -1, 2**63 - 1, -(2**63), rng.randrange(10**12)]),
+        pa.int32(): lambda: rng.choice([0, 200, 2**31 - 1, -(2**31)]),
+        pa.float64(): lambda: rng.choice([0.0, 1e-300, 0.1 + 0.2, -3.5, 7]),
+    }
+    for arrow_type, make in makers.items():
+        for n, null_share in [(0, 0.0), (1, 0.0), (1, 1.0), (7, 0.5), (9, 0.0), (8192, 0.3), (100, 1.0)]:
+            values = [None if rng.random() < null_share else make() for _ in range(n)]
+            built = arrow_array(values, arrow_type)
+            built.validate(full=True)
+            assert built.equals(pa.array(values, arrow_type)), (arrow_type, n, null_share)
+    with pytest.raises(OverflowError):
+        arrow_array([2**31], pa.int32())
+
+
+def test_writing_a_manifest_does_not_import_pandas(tmp_path: Path) -> None:
+    # pyarrow imports pandas (54 MB, 0.3 s) on its first conversion of Python objects; the manifest
+    # is written without one (in a fresh interpreter: this one has pandas already).
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from inat_assets.download.manifest import ManifestRow, ManifestWriter\n"
+        f"with ManifestWriter(Path({str(tmp_path / 'm.parquet')!r})) as w:\n"
+        "    w.add(ManifestRow(1, 'http://x/1.jpg', '/p/1.jpg', 'ok', 200, 10, 'ab', 'image/jpeg', 1, None, 0.5, 3, 4))\n"
+        "    w.add(ManifestRow(2, None, None, 'failed_permanent', None, None, None, None, 1, 'HTTP 404', 0.1))\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    table = pq.read_table(tmp_path / "m.parquet")
+    assert table.schema == manifest_schema()
+    assert table.to_pylist()[1] == {
+        "photo_id": 2, "url": None, "path": None, "status": "failed_permanent", "http_status": None, "bytes": None,
+        "sha256": None, "content_type": None, "attempts": 1, "error": "HTTP 404", "seconds": 0.1, "width": None,
+        "height": None,
+    }
 
 
 def test_manifest_on_a_full_disk_keeps_the_old_manifest(mirror: MirrorServer, tmp_path: Path) -> None:
