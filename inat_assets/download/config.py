@@ -189,6 +189,10 @@ class DownloadConfig:
             raise ValueError("retries must be 0 or more")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
+        if not (self.contact.isascii() and self.contact.isprintable()):
+            # It goes into the User-Agent field of every request, which HTTP keeps to printable ASCII.
+            raise DownloadError(f"contact {self.contact!r} must be printable ASCII (an e-mail address or a URL, "
+                                "with any non-ASCII part percent-encoded)")
         # Host names compare case-insensitively; normalise once here, and refuse a malformed entry
         # now rather than when (and in whichever worker process) the run starts.
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))

@@ -36,6 +36,7 @@ _TRANSIENT_STATUSES = frozenset({408, 425, 429})  # plus every 5xx
 _PHOTO_PATH = re.compile(r"(?:^|/)photos/\d+/[A-Za-z_]+\.[A-Za-z0-9]+$")
 _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the connection reusable
 _SNIFF_BYTES = 16
+_NO_BODY = httpx.ByteStream(b"")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 @dataclass(slots=True)
 class FetchResult:
@@ -148,10 +149,10 @@ class Fetcher:
         self.gates = HostGates(config.host_budget)  # per-host pacing, budgets and pauses (shared if a ledger)
         self.budget = BodyBudget(body_budget(config))
         self.headers = [
-            ("User-Agent", config.user_agent),
-            ("Accept", "image/*,*/*;q=0.5"),
+            (b"User-Agent", config.user_agent.encode("ascii")),
+            (b"Accept", b"image/*,*/*;q=0.5"),
             # Ask for the original bytes: no transfer compression to undo, lengths that match.
-            ("Accept-Encoding", "identity"),
+            (b"Accept-Encoding", b"identity"),
         ]
         self.timeouts = {
             "connect": config.connect_timeout,
@@ -167,20 +168,28 @@ class Fetcher:
     # URL rules ----------------------------------------------------------------------------------
     def check_url(self, url: str) -> tuple[str, str | None]:
         """``(host, None)`` for a URL we may fetch, else ``("", reason)``."""
+        host, _, error = self._parse_allowed(url)
+        return host, error
+
+    def _parse_allowed(self, url: str) -> tuple[str, httpx.URL | None, str | None]:
+        """``(host, parsed URL, None)`` for a URL we may fetch, else ``("", None, reason)``. The one
+        parse of each URL: the request is built from it (httpx's parser costs 20 us a URL)."""
         try:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            port = parts.port  # raises ValueError for a malformed port
-        except ValueError:
-            return "", "invalid URL"
-        scheme = parts.scheme.lower()
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return "", None, "invalid URL"
+        scheme = parsed.scheme  # lower case, as httpx normalises it
         if scheme not in _DEFAULT_PORTS:
-            return "", f"unsupported URL scheme {parts.scheme or 'none'!r}: only http and https"
+            return "", None, f"unsupported URL scheme {scheme or 'none'!r}: only http and https"
+        host = parsed.host  # lower case, IPv6 without brackets
         if not host:
-            return "", "URL has no host"
+            return "", None, "URL has no host"
+        port = parsed.port  # None for the scheme's default port
+        if port is not None and not 0 <= port <= 65535:  # httpx parses any number
+            return "", None, "invalid URL"
         if not self.allowed.allows(scheme, host, port):
-            return "", host_not_allowed(self.allowed.describe(scheme, host, port))
-        return host, None
+            return "", None, host_not_allowed(self.allowed.describe(scheme, host, port))
+        return host, parsed, None
 
     def other_host_url(self, url: str) -> str | None:
         """The same photos/<id>/<size>.<ext> path on the paired host, if it is allowed."""
@@ -203,14 +212,14 @@ class Fetcher:
 
     # One photo -----------------------------------------------------------------------------------
     async def fetch(self, url: str, transport: httpx.AsyncBaseTransport) -> FetchResult:
-        host, error = self.check_url(url)
-        if error:
+        host, parsed, error = self._parse_allowed(url)
+        if parsed is None:
             return FetchResult(FAILED_PERMANENT, url, error=error)
         attempts = retries = 0
         first_error: str | None = None  # the first host's answer, once we tried the other host
         while True:
             attempts += 1
-            hop = await self._follow(url, host, transport)
+            hop = await self._follow(url, parsed, host, transport)
             if hop.kind == "ok" and hop.image is not None:
                 image = hop.image  # the reservation goes with the body (see FetchResult)
                 return FetchResult(OK, hop.url, 200, hop.body, image.ext, hop.content_type, attempts,
@@ -223,7 +232,8 @@ class Fetcher:
                     other = self.other_host_url(url)
                     if other:
                         first_error, url, retries = hop.error, other, 0
-                        host = urlsplit(other).hostname or ""
+                        host, parsed, _ = self._parse_allowed(other)  # allowed: other_host_url checked
+                        assert parsed is not None
                         continue
                 return FetchResult(
                     FAILED_PERMANENT, hop.url or url, hop.http_status, content_type=hop.content_type,
@@ -253,28 +263,29 @@ class Fetcher:
     def _with_first(first_error: str | None, error: str | None) -> str | None:
         return error if first_error is None else f"{first_error}; other host: {error}"
 
-    async def _follow(self, url: str, host: str, transport: httpx.AsyncBaseTransport) -> _Hop:
+    async def _follow(self, url: str, parsed: httpx.URL, host: str, transport: httpx.AsyncBaseTransport) -> _Hop:
         """One attempt: the request and its redirects, each hop checked against the allowlist."""
         for _ in range(self.config.max_redirects + 1):
-            hop = await self._request(url, host, transport)
+            hop = await self._request(parsed, host, transport)
             hop.host, hop.url = host, url
             if hop.kind != "redirect":
                 return hop
             target = urljoin(url, hop.location or "")
-            target_host, error = self.check_url(target)
-            if error:
+            target_host, target_parsed, error = self._parse_allowed(target)
+            if target_parsed is None:
                 return _Hop("permanent", hop.http_status, f"redirect refused: {error}", host=host, url=url)
-            url, host = target, target_host
+            url, parsed, host = target, target_parsed, target_host
         return _Hop("permanent", None, f"too many redirects (more than {self.config.max_redirects})",
                     host=host, url=url)
 
-    async def _request(self, url: str, host: str, transport: httpx.AsyncBaseTransport) -> _Hop:
+    async def _request(self, url: httpx.URL, host: str, transport: httpx.AsyncBaseTransport) -> _Hop:
         gate = self.gates.for_host(host)
         await gate.acquire(self.config.limits_for(host), self.note)
-        try:
-            request = httpx.Request("GET", url, headers=self.headers, extensions={"timeout": self.timeouts})
-        except (httpx.InvalidURL, ValueError):
-            return _Hop("permanent", error="invalid URL")
+        # With a stream given, httpx adds no headers of its own (Host, Content-Length, none of the
+        # look-ups behind them): 6.6 instead of 15 us a request. Host is the one a GET needs.
+        request = httpx.Request("GET", url, headers=[(b"Host", url.netloc), *self.headers], stream=_NO_BODY,
+                                extensions={"timeout": self.timeouts})
+        request.read()  # the empty body, as Request.content, like any request httpx built itself
         hop: _Hop | None = None
         try:
             try:
@@ -311,10 +322,10 @@ class Fetcher:
 
     async def _read(self, response: httpx.Response, gate: HostGate) -> _Hop:
         status = response.status_code
-        headers = response.headers
+        headers = _fields(response)
         ctype = headers.get("content-type")
         if status in _REDIRECTS:
-            location = headers.get("location")
+            location = response.headers.get("location")  # decoded as httpx decodes it (UTF-8 paths)
             if location:
                 return _Hop("redirect", status, location=location)
             return _Hop("permanent", status, f"HTTP {status} redirect without Location", content_type=ctype)
@@ -363,37 +374,40 @@ class Fetcher:
         status, max_bytes = response.status_code, self.config.max_bytes
         too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
-        received = 0
+        received = downloaded = 0
         # Hashed as the bytes arrive: writing the photo is then the only pass over it afterwards,
         # and a writer never needs the body for its digest (an object-store PUT can stream it).
         digest = hashlib.sha256()
-        # aiter_raw hands over the bytes as sent (httpx's own decoders inflate without a cap).
-        async for raw in response.aiter_raw():
+        # The transport's stream: the bytes as sent (httpx's own decoders inflate without a cap),
+        # with the transport's exceptions already mapped to httpx's. Response.aiter_raw adds only
+        # bookkeeping around it, 5 % of the event loop's CPU at 0 ms latency (py-spy).
+        async for raw in response.stream:  # type: ignore[union-attr]
+            downloaded += len(raw)
             if decoder is None:
                 chunk = raw
             else:
                 try:
                     chunk = decoder.decode(raw)
                 except BodyTooLarge:
-                    gate.record(response.num_bytes_downloaded)
+                    gate.record(downloaded)
                     return too_large
                 except zlib.error:
-                    gate.record(response.num_bytes_downloaded)
+                    gate.record(downloaded)
                     return _Hop("permanent", status, "body could not be decoded (bad Content-Encoding)",
                                 content_type=ctype)
                 if not chunk:
                     continue
             received += len(chunk)
             if received > max_bytes:
-                gate.record(response.num_bytes_downloaded)
+                gate.record(downloaded)
                 return too_large
             chunks.append(chunk)
             digest.update(chunk)
             if len(chunks) == 1 and len(chunk) >= _SNIFF_BYTES and sniff_image(chunk) is None:
-                gate.record(response.num_bytes_downloaded)  # no point reading the rest of an error page
+                gate.record(downloaded)  # no point reading the rest of an error page
                 return _Hop("permanent", status, describe_non_image(chunk, ctype), content_type=ctype)
-        gate.record(response.num_bytes_downloaded)
-        if length is not None and response.num_bytes_downloaded != length:
+        gate.record(downloaded)
+        if length is not None and downloaded != length:
             return _Hop("transient", status, "truncated body (shorter than Content-Length)", content_type=ctype)
         if decoder is not None:
             try:
@@ -425,6 +439,28 @@ class Fetcher:
             if received > _ERROR_BODY_CAP:
                 break
         gate.record(response.num_bytes_downloaded)
+
+
+# The response fields the fetcher reads on every response (Location only on redirects).
+_FIELDS = ("content-type", "content-length", "content-encoding", "retry-after")
+_FIELD_KEYS = frozenset(name.encode() for name in _FIELDS)
+
+
+def _fields(response: httpx.Response) -> dict[str, str]:
+    """The fields of ``_FIELDS`` the response has, by lower-case name, repeats joined with ", " as
+    ``Headers.get`` joins them. One pass over the raw fields instead of a scan per ``get`` and
+    httpx's guess of the fields' text encoding (together 7 % of the event loop's CPU at 0 ms):
+    photo hosts send ASCII, which every encoding httpx might pick decodes alike. If one of these
+    values is not ASCII, httpx decodes them all."""
+    found: dict[str, str] = {}
+    for key, value in response.headers.raw:
+        name = key.lower()
+        if name in _FIELD_KEYS:
+            if not value.isascii():
+                return {field: text for field in _FIELDS if (text := response.headers.get(field)) is not None}
+            field, text = name.decode(), value.decode()
+            found[field] = f"{found[field]}, {text}" if field in found else text
+    return found
 
 
 def _content_length(value: str | None) -> int | None:

@@ -10,6 +10,7 @@ import pytest
 
 from inat_assets.download import DownloadConfig, HostLimits, PhotoTask, batch_key, run_download
 from inat_assets.download.photo_fetcher import parse_retry_after
+from inat_assets.errors import DownloadError
 from inat_assets.testing.mirror import MirrorServer, served_bytes
 from inat_assets_tests.download.conftest import ANY_PORT_A, HOST_A, HOST_B, IMAGE_BYTES, fast_config, files_in
 
@@ -248,3 +249,5 @@ def test_default_config_keeps_static_under_the_media_budget() -> None:
     assert config.allowed_hosts == ("inaturalist-open-data.s3.amazonaws.com", "static.inaturalist.org")
     assert config.user_agent.startswith("inat-assets/")
     assert "me@example.org" in DownloadConfig(contact="me@example.org").user_agent
+    with pytest.raises(DownloadError, match="must be printable ASCII"):
+        DownloadConfig(contact="zoë@example.org")  # refused when configured, not on the first request

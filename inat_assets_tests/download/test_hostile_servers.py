@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from inat_assets.download import DownloadConfig, PhotoTask, run_download
 from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
-from inat_assets.download.photo_fetcher import HostAllowlist
+from inat_assets.download.photo_fetcher import Fetcher, HostAllowlist, _fields
 from inat_assets.errors import DownloadError
 from inat_assets.testing.mirror import MirrorServer, gzip_bomb, served_bytes
 from inat_assets_tests.download.conftest import HOST_A, HOST_B, IMAGE_BYTES, fast_config, manifest_rows
@@ -163,6 +164,43 @@ def test_allowlist_ports() -> None:
     for bad in ("photos.example:http", "photos.example/photos", "user@photos.example", ":8080"):
         with pytest.raises(DownloadError, match="is not a host name, host:port or host:"):
             DownloadConfig(allowed_hosts=(bad,))  # refused when the run is configured, not when it starts
+
+
+def test_url_rules_of_one_parse() -> None:
+    fetcher = Fetcher(DownloadConfig(allowed_hosts=("photos.example", "127.0.0.1:*", "[::1]:8080")))
+    hint = "; allow it with --allow-host or INAT_ALLOWED_HOSTS"
+    cases = {
+        "https://photos.example/photos/1/medium.jpg": ("photos.example", None),
+        "HTTPS://PHOTOS.Example:443/photos/1/medium.jpg": ("photos.example", None),  # case, default port
+        "http://photos.example:443/photos/1/medium.jpg": ("", "host not allowed: photos.example:443" + hint),
+        "http://127.0.0.1:6379/x": ("127.0.0.1", None),
+        "http://[::1]:8080/x": ("::1", None),
+        "http://[::1]/x": ("", "host not allowed: [::1]" + hint),
+        "http://evil.example/x": ("", "host not allowed: evil.example" + hint),
+        "ftp://photos.example/x": ("", "unsupported URL scheme 'ftp': only http and https"),
+        "photos.example/x": ("", "unsupported URL scheme 'none': only http and https"),
+        "http:///photos/1/medium.jpg": ("", "URL has no host"),
+        "http://photos.example:99999/x": ("", "invalid URL"),
+        "http://photos.example:abc/x": ("", "invalid URL"),
+        "http://[::1/x": ("", "invalid URL"),
+    }
+    for url, expected in cases.items():
+        assert fetcher.check_url(url) == expected, url
+
+
+def test_response_fields_read_as_httpx_reads_them() -> None:
+    cases = [
+        [(b"Content-Type", b"image/jpeg"), (b"Content-Length", b"40000"), (b"ETag", b'"x"')],
+        [(b"content-length", b"5"), (b"CONTENT-LENGTH", b"5"), (b"Retry-After", b"2")],  # repeats joined
+        [(b"Content-Type", "image/jpeg; name=é".encode()), (b"Content-Encoding", b"gzip")],  # not ASCII
+        [(b"Content-Type", "bild/jpég".encode("latin-1"))],
+        [],
+    ]
+    for raw in cases:
+        response = httpx.Response(200, headers=raw)
+        expected = {name: response.headers[name] for name in
+                    ("content-type", "content-length", "content-encoding", "retry-after") if name in response.headers}
+        assert _fields(response) == expected, raw
 
 
 def test_redirect_to_another_port_of_an_allowed_host_is_refused(mirror: MirrorServer, tmp_path: Path) -> None:
