@@ -44,9 +44,10 @@ if TYPE_CHECKING:
 
     from inat_assets.download.photo_fetcher import Fetcher
 
-# The HTTP stack (httpx, aiohttp: network.py, photo_fetcher.py) is imported by the event loops that
-# fetch, not with this module: the parent of worker processes never fetches, and leaving both out
-# keeps 31 MB out of its resident memory (bench/download.py measures the whole process tree).
+# The HTTP stack (httpx, aiohttp, httpcore: network.py, httpcore_transport.py, photo_fetcher.py) is
+# imported by the event loops that fetch, not with this module: the parent of worker processes never
+# fetches, and leaving it out keeps 31 MB out of its resident memory (bench/download.py measures
+# the whole process tree).
 
 log = logging.getLogger("inat_assets.download")
 
@@ -256,10 +257,8 @@ class _Run:
 
     def transport(self) -> tuple[httpx.AsyncBaseTransport, bool]:
         """The transport for a worker, and whether the worker owns it (and closes it when done):
-        aiohttp's pool is shared by the whole run, httpcore's are per worker (see network.py)."""
+        aiohttp's pool is shared by the whole run, httpcore's are per worker (see httpcore_transport.py)."""
         import httpx
-
-        from inat_assets.download.network import AiohttpTransport, make_transport
 
         if self._ssl is None:  # one context for all workers: loading CA certificates takes ~20 ms
             ca = self.config.ca_file
@@ -267,8 +266,12 @@ class _Run:
         cfg = self.config
         if cfg.uses_aiohttp:
             if self._shared is None:
+                from inat_assets.download.network import AiohttpTransport
+
                 self._shared = AiohttpTransport(self._ssl, max_connections=cfg.concurrency)
             return self._shared, False
+        from inat_assets.download.httpcore_transport import make_transport
+
         return make_transport(self._ssl, http2=cfg.http2, fast=cfg.fast_network_backend), True
 
     def set_note(self, note: str | None) -> None:
