@@ -276,6 +276,10 @@ def importable(python: str, module: str) -> bool:
 
 def measure(name: str, python: str, base: str, args: argparse.Namespace, out: Path, keep: bool) -> dict[str, float] | None:
     shutil.rmtree(out, ignore_errors=True)
+    # Write the previous runs' files to disk first (outside any timing): otherwise the kernel's
+    # writeback of up to gigabytes of them lands on whichever contender runs next, and dirty-page
+    # throttling slows its writes (at 20,000 x 40 KB per run it halved the bare loop's images/s).
+    os.sync()
     cmd = [python, str(Path(__file__).resolve()), "--child", name, "--base", base, "--count", str(args.count),
            "--concurrency", str(args.concurrency), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}

@@ -87,7 +87,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     The same idea as the ``httpx-aiohttp`` package, which measured 9 % more CPU per image (module
     doc) and reports every closed connection as ``ConnectTimeout``. The engine keeps its own
     rules above this layer: no redirects followed here, no decompression (raw bytes reach
-    CappedDecoder), no cookies, no proxies from the environment, the request deadline.
+    CappedDecoder), no cookies, no proxies from the environment, the request deadline and read timeouts
+    (request_clock.py; only the connect timeout is given to aiohttp).
     Header lines are capped by aiohttp (8 KiB a line, 128 fields a response), buffered body
     bytes by its read buffer (reading pauses past twice ``read_bufsize``).
     """
@@ -97,7 +98,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -115,11 +116,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-        timeouts = request.extensions.get("timeout") or {}
-        key = (timeouts.get("connect"), timeouts.get("read"))
-        timeout = self._timeouts.get(key)
-        if timeout is None:  # the engine sends the same few values: one object each, not one per request
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
+        # The connect timeout only. Read timeouts are the caller's: the fetcher's RequestClock
+        # watches every request's silence with one timer, where aiohttp's sock_read sets a new
+        # timer on every chunk received (request_clock.py has the measurement).
+        connect = (request.extensions.get("timeout") or {}).get("connect")
+        timeout = self._timeouts.get(connect)
+        if timeout is None:  # the engine sends the same value: one object, not one per request
+            timeout = self._timeouts[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         return timeout
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

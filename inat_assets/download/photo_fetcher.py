@@ -27,6 +27,7 @@ from inat_assets.download.config import (
 from inat_assets.download.files import ImageInfo, check_image, describe_non_image, sniff_image
 from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.politeness import HostGate, HostGates, WaitNote
+from inat_assets.download.request_clock import RequestClock, RequestLimit
 
 log = logging.getLogger("inat_assets.download")
 
@@ -148,6 +149,7 @@ class Fetcher:
         self.note = note
         self.gates = HostGates(config.host_budget)  # per-host pacing, budgets and pauses (shared if a ledger)
         self.budget = BodyBudget(body_budget(config))
+        self.clock = RequestClock()  # request deadlines and read timeouts (request_clock.py)
         self.headers = [
             (b"User-Agent", config.user_agent.encode("ascii")),
             (b"Accept", b"image/*,*/*;q=0.5"),
@@ -291,10 +293,11 @@ class Fetcher:
             try:
                 # Every network wait sits under this deadline, whatever the server does (trickling
                 # bytes just fast enough to dodge the read timeout included).
-                async with asyncio.timeout(self.config.request_deadline):
+                async with self.clock.limit(self.config.request_deadline, self.config.read_timeout) as limit:
                     response = await transport.handle_async_request(request)
+                    limit.heard()
                     try:
-                        hop = await self._read(response, gate)
+                        hop = await self._read(response, gate, limit)
                     finally:
                         await response.aclose()
                 return hop
@@ -320,7 +323,7 @@ class Fetcher:
             log.warning("unexpected error fetching %s", url, exc_info=True)
             return _Hop("transient", error=f"unexpected {type(exc).__name__}: {exc}".rstrip(": "))
 
-    async def _read(self, response: httpx.Response, gate: HostGate) -> _Hop:
+    async def _read(self, response: httpx.Response, gate: HostGate, limit: RequestLimit) -> _Hop:
         status = response.status_code
         headers = _fields(response)
         ctype = headers.get("content-type")
@@ -330,7 +333,7 @@ class Fetcher:
                 return _Hop("redirect", status, location=location)
             return _Hop("permanent", status, f"HTTP {status} redirect without Location", content_type=ctype)
         if status != 200:
-            await self._drain(response, gate)
+            await self._drain(response, gate, limit)
             reason = f"HTTP {status} {response.reason_phrase}".rstrip()
             if status in _TRANSIENT_STATUSES or 500 <= status < 600:
                 return _Hop("transient", status, reason, content_type=ctype,
@@ -357,9 +360,11 @@ class Fetcher:
                             "(only gzip and deflate are decoded)", content_type=ctype)
             decoder = CappedDecoder(codings[0], max_bytes)
         # The body's room in the run's memory budget, taken whole before reading (see BodyBudget).
+        limit.hold()  # waiting for our own budget is not the server's silence
         reserved = await self.budget.reserve(length if length is not None and decoder is None else max_bytes)
+        limit.heard()
         try:
-            hop = await self._read_body(response, gate, decoder, length, ctype)
+            hop = await self._read_body(response, gate, limit, decoder, length, ctype)
         except BaseException:
             self.budget.release(reserved)
             raise
@@ -369,8 +374,8 @@ class Fetcher:
             self.budget.release(reserved)
         return hop
 
-    async def _read_body(self, response: httpx.Response, gate: HostGate, decoder: CappedDecoder | None,
-                         length: int | None, ctype: str | None) -> _Hop:
+    async def _read_body(self, response: httpx.Response, gate: HostGate, limit: RequestLimit,
+                         decoder: CappedDecoder | None, length: int | None, ctype: str | None) -> _Hop:
         status, max_bytes = response.status_code, self.config.max_bytes
         too_large = _Hop("permanent", status, f"too large: body over max_bytes ({max_bytes})", content_type=ctype)
         chunks: list[bytes] = []
@@ -383,6 +388,7 @@ class Fetcher:
         # bookkeeping around it, 5 % of the event loop's CPU at 0 ms latency (py-spy).
         async for raw in response.stream:  # type: ignore[union-attr]
             downloaded += len(raw)
+            limit.heard()
             if decoder is None:
                 chunk = raw
             else:
@@ -431,10 +437,11 @@ class Fetcher:
         return _Hop("transient" if image.truncated else "permanent", status, image.reason, content_type=ctype)
 
     @staticmethod
-    async def _drain(response: httpx.Response, gate: HostGate) -> None:
+    async def _drain(response: httpx.Response, gate: HostGate, limit: RequestLimit) -> None:
         """Read a small error body so the connection can be reused; a large one is just dropped."""
         received = 0
         async for chunk in response.aiter_raw():
+            limit.heard()
             received += len(chunk)
             if received > _ERROR_BODY_CAP:
                 break

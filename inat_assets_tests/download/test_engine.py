@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from inat_assets.download import DownloadConfig, HostLimits, PhotoTask, batch_key, run_download
 from inat_assets.download.photo_fetcher import parse_retry_after
+from inat_assets.download.request_clock import RequestClock
 from inat_assets.errors import DownloadError
 from inat_assets.testing.mirror import MirrorServer, served_bytes
 from inat_assets_tests.download.conftest import ANY_PORT_A, HOST_A, HOST_B, IMAGE_BYTES, fast_config, files_in
@@ -106,6 +108,40 @@ def test_request_deadline_ends_a_stalled_response(mirror: MirrorServer, tmp_path
     assert summary.top_errors == [("request deadline exceeded", 1)]
     assert manifest_rows(tmp_path / "m.parquet")[55]["error"] == "request deadline exceeded (0.3 s)"
     assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
+def test_read_timeout_ends_a_silent_response(mirror: MirrorServer, tmp_path: Path, transport: str) -> None:
+    # Half a body and then silence, with a long deadline: the read timeout ends the attempt.
+    mirror.set_faults({56: ["stall"]})
+    started = time.monotonic()
+    summary = run_download([PhotoTask(56, mirror.url(56))], tmp_path, tmp_path / "m.parquet",
+                           fast_config(read_timeout=0.3, request_deadline=30, retries=0, transport=transport))
+    assert time.monotonic() - started < 3
+    assert manifest_rows(tmp_path / "m.parquet")[56]["error"] == "ReadTimeout"
+    assert summary.transient_failed == 1
+
+
+def test_request_limits_keep_an_outside_cancellation_a_cancellation() -> None:
+    async def main() -> None:
+        clock = RequestClock()
+
+        async def held(seconds: float, limit_s: float) -> str:
+            async with clock.limit(limit_s, 60.0):
+                await asyncio.sleep(seconds)
+            return "done"
+
+        with pytest.raises(TimeoutError):
+            await held(5, 0.05)
+        quiet = asyncio.create_task(held(5, 60))
+        await asyncio.sleep(0.05)
+        quiet.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await quiet
+        assert await held(0.01, 60) == "done"
+        assert not clock._limits  # nothing left behind to sweep
+
+    asyncio.run(main())
 
 
 def test_size_cap(mirror: MirrorServer, tmp_path: Path) -> None:
