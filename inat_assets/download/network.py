@@ -79,6 +79,15 @@ def _httpx_error(exc: aiohttp.ClientError) -> httpx.TransportError:
     return httpx.TransportError(message)
 
 
+def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
+    """``headers.multi_items()`` for ASCII fields (the engine's always are) without httpx's guess
+    of their text encoding on every request (1.5 % of the event loop's CPU at 0 ms)."""
+    try:
+        return [(key.decode("ascii"), value.decode("ascii")) for key, value in headers.raw]
+    except UnicodeDecodeError:
+        return headers.multi_items()
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx's transport interface on aiohttp's connection pool and C HTTP parser (HTTP/1.1 only).
 
@@ -131,7 +140,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await session.request(
                 request.method,
                 yarl.URL(str(request.url), encoded=True),  # httpx has already parsed and encoded it
-                headers=request.headers.multi_items(),
+                headers=_header_items(request.headers),
                 data=request.content or None,
                 allow_redirects=False,
                 timeout=self._timeout(request),

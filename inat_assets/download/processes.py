@@ -116,7 +116,7 @@ class _RowsToParent:
         self.rows: list[tuple[Any, ...]] = []
 
     def add(self, row: ManifestRow) -> None:
-        self.rows.append(tuple(getattr(row, f) for f in ManifestRow.__slots__))
+        self.rows.append(tuple(row))  # a plain tuple pickles without the class
         if len(self.rows) >= _ROWS:
             self.flush()
 
@@ -273,8 +273,7 @@ def _collect(children: list[Any], results_q: Any, feeder: _Feeder, writer: Manif
         if feeder.error is not None:
             raise feeder.error
         if kind == "rows":
-            for row in payload:
-                writer.add(ManifestRow(*row))
+            writer.add_rows(payload)
         elif kind == "progress":
             latest[index] = payload
         elif kind == "done":
