@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -140,6 +141,23 @@ def test_request_limits_keep_an_outside_cancellation_a_cancellation() -> None:
             await quiet
         assert await held(0.01, 60) == "done"
         assert not clock._limits  # nothing left behind to sweep
+
+    asyncio.run(main())
+
+
+def test_request_limits_count_silence_only_while_waiting_for_the_server() -> None:
+    async def main() -> None:
+        clock = RequestClock()
+        async with clock.limit(60.0, 0.2) as limit:
+            limit.hold()  # waiting for the body budget: not the server's silence
+            await asyncio.sleep(0.6)
+            limit.heard()
+            for _ in range(15):  # bytes every 0.02 s: never 0.2 s of silence
+                await asyncio.sleep(0.02)
+                limit.heard()
+        with pytest.raises(httpx.ReadTimeout, match=r"no bytes received for 0\.2 s"):
+            async with clock.limit(60.0, 0.2):
+                await asyncio.sleep(5)
 
     asyncio.run(main())
 
