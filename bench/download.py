@@ -24,82 +24,42 @@ loop, ``ours-c64`` concurrency 64. ``aiohttp`` is a bare loop at concurrency 64 
 writes the bytes (no validation, hashing, atomic write or manifest); img2dataset 1.47 runs
 without re-encoding, 2 processes x 64 threads.
 
-Measured 2026-11-27 on the quiet 2-core dev VM (Intel Xeon @ 2.50GHz, AVX-512, no SHA
-instructions; 23 GB; files on ext4 /tmp), ``--count 10000 --repeat 3 --only ours,aiohttp,img2dataset
---img2dataset-python /work/venvs/img2dataset/bin/python``, medians of 3, every run's files kept to
-the end (see main):
+Before each run the previous runs' files are synced to disk (outside any timing): left to the
+kernel, the writeback of gigabytes of them landed on whichever contender ran next (the bare loop's
+images/s at 0 ms swung between 2,031 and 4,197 across identical runs).
+
+Measured 2026-12-05 on the quiet 2-core dev VM (AMD EPYC, SHA extensions, 23 GB), the defaults
+(20,000 x 40 KB), ``--repeat 3 --only ours,aiohttp,img2dataset --img2dataset-python
+/work/venvs/img2dataset/bin/python``, medians of 3, files on ext4 (/tmp):
 
     latency  contender      images/s  (min-max)  CPU ms/img  peak MB
-    0 ms     ours             1652  (1278-1692)     0.99       298
-             aiohttp          3133  (2719-3190)     0.32        46
-             img2dataset       866    (842-878)     1.38       217
-    50 ms    ours             1705  (1608-1738)     0.95       295
-             aiohttp          1207  (1201-1213)     0.39        45
-             img2dataset       825    (807-830)     1.39       212
+    0 ms     ours             2922  (2839-3031)     0.59       256
+             aiohttp          3705  (3693-3769)     0.27        47
+             img2dataset      1404  (1310-1420)     1.07       215
+    50 ms    ours             2785  (2731-2875)     0.58       251
+             aiohttp          1216  (1213-1216)     0.36        46
+             img2dataset      1267  (1164-1295)     1.19       210
 
-Ratios of images/s, ours (defaults): 0.53x aiohttp and 1.91x img2dataset at 0 ms; 1.41x aiohttp
-and 2.07x img2dataset at 50 ms. The same run with each run's files deleted right after it (as this
-script did before) gave 0.84x aiohttp at 0 ms, with aiohttp at 0.55 ms and
-ours at 1.12 ms of CPU per image: creating files right after a mass deletion costs ext4 (on this VM)
-0.33-0.41 ms per file instead of 0.08 (it skips recently deleted inodes), which slowed the bare loop
-far more than ours. At 0 ms the machine is CPU-bound: ours needs ~1 ms of CPU per photo where the
-bare loop needs 0.32, so the 0.75x goal at 0 ms and the 0.8 ms goal are not met.
+Ratios of images/s, ours (defaults): 0.79x aiohttp and 2.08x img2dataset at 0 ms; 2.29x aiohttp and
+2.20x img2dataset at 50 ms. The same at 0 ms with the files on tmpfs (``--workdir /dev/shm``, the
+file system left out): ours 3277 (3094-3314) at 0.52 ms, aiohttp 4360 (4218-4431) at 0.23 ms,
+img2dataset 1459 at 1.02 ms: 0.75x aiohttp, 2.25x img2dataset. At 0 ms the two cores are saturated
+(ours, plus the mirror's 0.07-0.08 ms per image), so images/s follows CPU per image; at 50 ms
+ours keeps 256 requests in flight to the bare loop's 64.
 
-Where ours spends its CPU (perf, all threads of the run's three processes, 10,000 photos at 0 ms,
-files on tmpfs to leave the file system out, 0.99 ms per photo): the two workers' event-loop threads
-79 % (CPython 54 %: aiohttp's Python half, httpx's Request/Response objects, asyncio, our fetcher,
-validation and manifest rows; sha256 of every body 13 %, about 0.13 ms per 40 KB photo; kernel and
-libc 9 %), the parent 11 % (input, manifest, progress, start-up), the file-writing threads 7 %, an
-idle OpenBLAS thread 1 %. The bare aiohttp loop's whole cost is 0.30 ms on tmpfs. Writing each
-photo as an O_TMPFILE linked under its name (two directory operations fewer) measured 0.043 against
-0.062 ms of CPU per file in isolation but no difference in a whole run (0.996 vs 1.006 ms per photo,
-one process, medians of 5), so the temporary name and rename stayed.
-
-Earlier (each run's files deleted right after it), on the 2-core dev VM while about seven other
-sessions shared it (load average 10-14: every process got a fraction of a core, so images/s mostly follows CPU per image
-and the spread is wide; CPU per image is the steadier figure). Files on ext4 (/tmp).
-The defaults, 20,000 x 40 KB, medians of 3, ``--repeat 3 --only ours,ours-1p,aiohttp,img2dataset``:
-
-    latency  contender      images/s  (min-max)  CPU ms/img  peak MB
-    0 ms     ours              401    (191-552)     1.02       294
-             ours-1p           272    (187-292)     1.11       187
-             aiohttp           427    (373-536)     0.74        48
-             img2dataset       425    (346-459)     1.17       218
-    50 ms    ours              856    (421-856)     0.97       292
-             ours-1p           349    (230-483)     1.04       187
-             aiohttp           542    (459-837)     0.48        47
-             img2dataset       405    (306-592)     1.17       216
-
-Ratios of images/s, ours (defaults): 0.94x aiohttp and 0.95x img2dataset at 0 ms; 1.58x aiohttp
-and 2.11x img2dataset at 50 ms (the spread is wide: see min-max). Every variant, 10,000 x 40 KB,
-medians of 3, ``--repeat 3 --count 10000`` (an earlier, more loaded hour):
-
-    latency  contender      images/s  (min-max)  CPU ms/img  peak MB
-    0 ms     ours              312    (165-369)     1.17       304
-             ours-1p           314    (193-359)     1.04       190
-             ours-httpcore     187    (125-328)     1.31       191
-             ours-inline       250    (169-381)     1.20       184
-             ours-c64          248    (233-277)     1.31       293
-             aiohttp           393    (296-736)     0.60        47
-             img2dataset       262    (194-313)     1.46       219
-    50 ms    ours              228    (216-312)     1.22       304
-             ours-1p           255    (255-321)     1.06       189
-             ours-httpcore     181    (156-237)     1.33       193
-             ours-inline       312    (233-322)     1.24       184
-             ours-c64          379    (167-453)     1.31       293
-             aiohttp           824    (537-897)     0.58        46
-             img2dataset       331    (313-335)     1.46       215
-
-In that hour ours/aiohttp was 0.79x at 0 ms and 0.28x at 50 ms, ours/img2dataset 1.19x and
-0.69x. aiohttp under httpx takes 21 % less CPU per image than h11/httpcore (1.04 vs 1.31 ms);
-the helper write thread 13 % less than writing inline (1.04 vs 1.20 ms at 0 ms), with the same
-images/s within the spread. Where ours spends its CPU (py-spy, one process, 8,000 photos at
-50 ms, self time by library): aiohttp 24 %, the loopback socket send 14 %, sha256 while
-receiving 12 %, httpx's Request/Response objects 11 %, asyncio 7 %, imports 5 %, our fetcher,
-engine, writer, manifest and image check together about 10 %. What ours does beyond the bare
-aiohttp loop (sha256 of every photo, httpx's objects, validation, atomic write and manifest)
-costs about 0.45 ms of CPU per photo on this VM, which is why the 0.8 ms goal and parity with the
-bare loop under CPU contention are out of reach with httpx as the interface.
+Where ours spends its CPU (py-spy, all three processes, 20,000 photos at 0 ms, files on tmpfs,
+samples waiting on locks, queues and sleeps left out): aiohttp's Python half 27 %, the event loop
+and its socket calls 15 %, sha256 of every body 10 %, httpx's objects 10 % (its URL parser alone
+9 %: 20 us a URL, the price of httpx as the interface), writing the files 9 % (the helper threads'
+open, write and rename), our fetcher and engine 8 %, start-up imports 6 %, the parent 2 %, image
+validation 2 %. What changed since 2026-11-27 (0.95-0.99 ms, 295-298 MB; that VM, an Intel Xeon
+without SHA instructions, spent 13 % on sha256): the parent imports neither the HTTP stack nor
+pandas (manifest columns built from buffers: 331 -> 268 MB, its CPU halved), one URL parse per
+request and no header look-ups in httpx (-4 %), one timer for all requests' deadlines and read
+timeouts instead of a timer per request and per chunk (request_clock.py, -4 %), worker start-up
+without httpcore, fsspec and importlib.metadata (0.46 -> 0.37 s of CPU each), manifest rows as
+tuples (-3 %). Earlier figures, with each run's files deleted right after it and other jobs on the
+machine, are in git history; they were noisier in both directions.
 """
 
 from __future__ import annotations
