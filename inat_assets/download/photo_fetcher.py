@@ -39,6 +39,8 @@ _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the conne
 _SNIFF_BYTES = 16
 _NO_BODY = httpx.ByteStream(b"")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 @dataclass(slots=True)
 class FetchResult:
     """How one photo's fetch ended.
