@@ -221,6 +221,18 @@ def arrow_array(values: Sequence[Any], type: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(type, n, buffers, null_count=nulls)
 
 
+def _int64s(column: pa.ChunkedArray) -> np.ndarray:
+    """A NumPy view of an int64 column without nulls (its Arrow buffer, no copy)."""
+    import numpy as np
+
+    values = column.combine_chunks()
+    assert values.null_count == 0
+    data = values.buffers()[1]
+    if data is None or not len(values):
+        return np.empty(0, dtype=np.int64)
+    return np.frombuffer(data, dtype=np.int64, count=len(values), offset=values.offset * 8)
+
+
 def set_aside_if_unreadable(path: StorePath) -> str | None:
     """Rename a manifest that is not readable Parquet with its columns to
     ``<name>.corrupt-<timestamp>.parquet`` and return a warning that says so; None if it is fine.
@@ -282,16 +294,17 @@ class PreviousManifest:
 
         try:
             where, filesystem = arrow_source(path)
-            table = pq.read_table(where, filesystem=filesystem, columns=["photo_id", "status", "bytes", "sha256"])
+            # ParquetFile, not pq.read_table, which imports pandas (for pandas metadata).
+            with pq.ParquetFile(where, filesystem=filesystem) as parquet:
+                table = parquet.read(columns=["photo_id", "status", "bytes", "sha256"])
         except (pa.ArrowException, OSError) as exc:
             raise StorageError(f"cannot read the previous manifest {path}: {exc}; move it aside to start a "
                                "new one (photos on disk are kept)") from None
-        ok = pc.and_(pc.is_in(table["status"], pa.array([OK, CACHED])), pc.is_valid(table["bytes"]))
-        table = table.filter(ok)
+        # arrow_array and _int64s, not pa.array and to_numpy: those import pandas too (arrow_array).
+        finished = pc.is_in(table["status"], value_set=arrow_array([OK, CACHED], pa.string()))
+        table = table.filter(pc.and_(finished, pc.is_valid(table["bytes"])))
         table = table.take(pc.sort_indices(table["photo_id"]))
-        ids = table["photo_id"].to_numpy()
-        sizes = table["bytes"].to_numpy()
-        return cls(ids, sizes, table["sha256"].combine_chunks())
+        return cls(_int64s(table["photo_id"]), _int64s(table["bytes"]), table["sha256"].combine_chunks())
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -89,19 +89,22 @@ def test_manifest_columns_equal_pyarrows_own_conversion() -> None:
         arrow_array([2**31], pa.int32())
 
 
-def test_writing_a_manifest_does_not_import_pandas(tmp_path: Path) -> None:
-    # pyarrow imports pandas (54 MB, 0.3 s) on its first conversion of Python objects; the manifest
-    # is written without one (in a fresh interpreter: this one has pandas already).
+def test_writing_and_resuming_a_manifest_does_not_import_pandas(tmp_path: Path) -> None:
+    # pyarrow imports pandas (54 MB, 0.3 s) on its first conversion of Python objects and in
+    # pq.read_table; the manifest is written and read back without either (in a fresh interpreter:
+    # this one has pandas already).
     code = (
         "import sys; from pathlib import Path\n"
-        "from inat_assets.download.manifest import ManifestRow, ManifestWriter\n"
-        f"with ManifestWriter(Path({str(tmp_path / 'm.parquet')!r})) as w:\n"
+        "from inat_assets.download.manifest import ManifestRow, ManifestWriter, PreviousManifest\n"
+        f"path = Path({str(tmp_path / 'm.parquet')!r})\n"
+        "with ManifestWriter(path) as w:\n"
         "    w.add(ManifestRow(1, 'http://x/1.jpg', '/p/1.jpg', 'ok', 200, 10, 'ab', 'image/jpeg', 1, None, 0.5, 3, 4))\n"
         "    w.add(ManifestRow(2, None, None, 'failed_permanent', None, None, None, None, 1, 'HTTP 404', 0.1))\n"
-        "print('pandas' in sys.modules)\n"
+        "previous = PreviousManifest.load(path)\n"
+        "print(len(previous), previous.lookup(1), previous.lookup(2), 'pandas' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "1 (10, 'ab') None False"
     table = pq.read_table(tmp_path / "m.parquet")
     assert table.schema == manifest_schema()
     assert table.to_pylist()[1] == {
