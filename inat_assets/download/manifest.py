@@ -302,7 +302,8 @@ class PreviousManifest:
                                "new one (photos on disk are kept)") from None
         # arrow_array and _int64s, not pa.array and to_numpy: those import pandas too (arrow_array).
         finished = pc.is_in(table["status"], value_set=arrow_array([OK, CACHED], pa.string()))
-        table = table.filter(pc.and_(finished, pc.is_valid(table["bytes"])))
+        # A row without an id (a manifest another tool wrote) names no photo: left out, as _int64s needs.
+        table = table.filter(pc.and_(pc.and_(finished, pc.is_valid(table["bytes"])), pc.is_valid(table["photo_id"])))
         table = table.take(pc.sort_indices(table["photo_id"]))
         return cls(_int64s(table["photo_id"]), _int64s(table["bytes"]), table["sha256"].combine_chunks())
 
