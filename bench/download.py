@@ -43,7 +43,9 @@ Measured 2026-12-05 on the quiet 2-core dev VM (AMD EPYC, SHA extensions, 23 GB)
 Ratios of images/s, ours (defaults): 0.79x aiohttp and 2.08x img2dataset at 0 ms; 2.29x aiohttp and
 2.20x img2dataset at 50 ms. The same at 0 ms with the files on tmpfs (``--workdir /dev/shm``, the
 file system left out): ours 3277 (3094-3314) at 0.52 ms, aiohttp 4360 (4218-4431) at 0.23 ms,
-img2dataset 1459 at 1.02 ms: 0.75x aiohttp, 2.25x img2dataset. At 0 ms the two cores are saturated
+img2dataset 1459 at 1.02 ms: 0.75x aiohttp, 2.25x img2dataset. A second run on ext4 hours later
+(same command): 0 ms ours 2837 at 0.60 ms and 226 MB, aiohttp 3583, img2dataset 1211 (0.79x, 2.34x);
+50 ms ours 2597 at 0.63 ms, aiohttp 1216, img2dataset 1207 (2.14x, 2.15x). At 0 ms the two cores are saturated
 (ours, plus the mirror's 0.07-0.08 ms per image), so images/s follows CPU per image; at 50 ms
 ours keeps 256 requests in flight to the bare loop's 64.
 
