@@ -28,6 +28,7 @@ from inat_assets.download.files import ImageInfo, check_image, describe_non_imag
 from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.politeness import HostGate, HostGates, WaitNote
 from inat_assets.download.request_clock import RequestClock, RequestLimit
+from inat_assets.download.url_parse import parse_url
 
 log = logging.getLogger("inat_assets.download")
 
@@ -177,9 +178,9 @@ class Fetcher:
 
     def _parse_allowed(self, url: str) -> tuple[str, httpx.URL | None, str | None]:
         """``(host, parsed URL, None)`` for a URL we may fetch, else ``("", None, reason)``. The one
-        parse of each URL: the request is built from it (httpx's parser costs 20 us a URL)."""
+        parse of each URL: the request is built from it (url_parse: 2 us a plain URL, httpx's parser 20)."""
         try:
-            parsed = httpx.URL(url)
+            parsed = parse_url(url)
         except (httpx.InvalidURL, ValueError, TypeError):
             return "", None, "invalid URL"
         scheme = parsed.scheme  # lower case, as httpx normalises it
