@@ -30,35 +30,38 @@ images/s at 0 ms swung between 2,031 and 4,197 across identical runs).
 
 Measured 2026-12-05 on the quiet 2-core dev VM (AMD EPYC, SHA extensions, 23 GB), the defaults
 (20,000 x 40 KB), ``--repeat 3 --only ours,aiohttp,img2dataset --img2dataset-python
-/work/venvs/img2dataset/bin/python``, medians of 3, files on ext4 (/tmp):
+/work/venvs/img2dataset/bin/python``, medians of 3, files on ext4 (/tmp), after url_parse.py:
 
     latency  contender      images/s  (min-max)  CPU ms/img  peak MB
-    0 ms     ours             2922  (2839-3031)     0.59       256
-             aiohttp          3705  (3693-3769)     0.27        47
-             img2dataset      1404  (1310-1420)     1.07       215
-    50 ms    ours             2785  (2731-2875)     0.58       251
-             aiohttp          1216  (1213-1216)     0.36        46
-             img2dataset      1267  (1164-1295)     1.19       210
+    0 ms     ours             3277  (3115-3432)     0.52       227
+             aiohttp          3903  (2135-4123)     0.26        47
+             img2dataset      1380  (1343-1398)     1.07       215
+    50 ms    ours             3099  (3049-3134)     0.53       224
+             aiohttp          1219  (1218-1225)     0.34        46
+             img2dataset      1400  (1342-1413)     1.04       209
 
-Ratios of images/s, ours (defaults): 0.79x aiohttp and 2.08x img2dataset at 0 ms; 2.29x aiohttp and
-2.20x img2dataset at 50 ms. The same at 0 ms with the files on tmpfs (``--workdir /dev/shm``, the
-file system left out): ours 3277 (3094-3314) at 0.52 ms, aiohttp 4360 (4218-4431) at 0.23 ms,
-img2dataset 1459 at 1.02 ms: 0.75x aiohttp, 2.25x img2dataset. A second run on ext4 hours later
-(same command): 0 ms ours 2837 at 0.60 ms and 226 MB, aiohttp 3583, img2dataset 1211 (0.79x, 2.34x);
-50 ms ours 2597 at 0.63 ms, aiohttp 1216, img2dataset 1207 (2.14x, 2.15x). At 0 ms the two cores are saturated
-(ours, plus the mirror's 0.07-0.08 ms per image), so images/s follows CPU per image; at 50 ms
-ours keeps 256 requests in flight to the bare loop's 64.
+Ratios of images/s, ours (defaults): 0.84x aiohttp and 2.37x img2dataset at 0 ms; 2.54x aiohttp and
+2.21x img2dataset at 50 ms. The same at 0 ms with the files on tmpfs (``--workdir /dev/shm``, the
+file system left out): ours 3548 (3433-3629) at 0.48 ms, aiohttp 4549 (4444-4565) at 0.22 ms,
+img2dataset 1498 at 0.98 ms: 0.78x aiohttp, 2.37x img2dataset. Earlier the same day, before
+url_parse.py, two runs on ext4: 0 ms 0.79x aiohttp (2,922 vs 3,705; 2,837 vs 3,583), 2.08x and 2.34x
+img2dataset, 0.59-0.60 ms; 50 ms 2.29x and 2.14x aiohttp, 2.20x and 2.15x img2dataset; tmpfs 0.75x.
+The file system's writeback makes ext4 runs noisier than tmpfs ones (note the bare loop's minimum
+above). At 0 ms the two cores are saturated (ours, plus the mirror's 0.07-0.08 ms per image), so
+images/s follows CPU per image; at 50 ms ours keeps 256 requests in flight to the bare loop's 64.
 
 Where ours spends its CPU (py-spy, all three processes, 20,000 photos at 0 ms, files on tmpfs,
 samples waiting on locks, queues and sleeps left out): aiohttp's Python half 27 %, the event loop
-and its socket calls 15 %, sha256 of every body 10 %, httpx's objects 10 % (its URL parser alone
-9 %: 20 us a URL, the price of httpx as the interface), writing the files 9 % (the helper threads'
-open, write and rename), our fetcher and engine 8 %, start-up imports 6 %, the parent 2 %, image
-validation 2 %. What changed since 2026-11-27 (0.95-0.99 ms, 295-298 MB; that VM, an Intel Xeon
+and its socket calls 15 %, sha256 of every body 11 %, writing the files 8 % (the helper threads'
+open, write and rename), start-up imports 6 %, httpx's objects 4 % (Request and Response; the URL
+parser was 9 % before url_parse.py, 20 us a URL), image validation 2 %, the parent 2 %, our
+fetcher and engine 18 % (by leaf frame: reading the body, the host gates, the request clock,
+handing on results), the rest scattered. What changed since 2026-11-27 (0.95-0.99 ms, 295-298 MB; that VM, an Intel Xeon
 without SHA instructions, spent 13 % on sha256): the parent imports neither the HTTP stack nor
 pandas (manifest columns built from buffers: 331 -> 268 MB, its CPU halved), one URL parse per
-request and no header look-ups in httpx (-4 %), one timer for all requests' deadlines and read
-timeouts instead of a timer per request and per chunk (request_clock.py, -4 %), worker start-up
+request and no header look-ups in httpx (-4 %), plain URLs parsed without httpx's general parser
+(url_parse.py, 22 -> 2 us a URL: 3-5 % more images/s at 0 ms on tmpfs in two A/B pairs), one
+timer for all requests' deadlines and read timeouts instead of a timer per request and per chunk (request_clock.py, -4 %), worker start-up
 without httpcore, fsspec and importlib.metadata (0.46 -> 0.37 s of CPU each), manifest rows as
 tuples (-3 %). Earlier figures, with each run's files deleted right after it and other jobs on the
 machine, are in git history; they were noisier in both directions.

@@ -28,7 +28,7 @@ from inat_assets.download.files import ImageInfo, check_image, describe_non_imag
 from inat_assets.download.network import BodyBudget, BodyTooLarge, CappedDecoder
 from inat_assets.download.politeness import HostGate, HostGates, WaitNote
 from inat_assets.download.request_clock import RequestClock, RequestLimit
-from inat_assets.download.url_parse import parse_url
+from inat_assets.download.url_parse import DEFAULT_PORTS, parse_url
 
 log = logging.getLogger("inat_assets.download")
 
@@ -39,7 +39,6 @@ _PHOTO_PATH = re.compile(r"(?:^|/)photos/\d+/[A-Za-z_]+\.[A-Za-z0-9]+$")
 _ERROR_BODY_CAP = 64 * 1024  # read this much of an error body to keep the connection reusable
 _SNIFF_BYTES = 16
 _NO_BODY = httpx.ByteStream(b"")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(slots=True)
@@ -128,7 +127,7 @@ class HostAllowlist:
                 self.ports.add((host, port))
 
     def allows(self, scheme: str, host: str, port: int | None) -> bool:
-        default = _DEFAULT_PORTS[scheme]
+        default = DEFAULT_PORTS[scheme]
         effective = default if port is None else port
         return (
             host in self.any_port
@@ -140,7 +139,7 @@ class HostAllowlist:
     def describe(scheme: str, host: str, port: int | None) -> str:
         """``host`` or ``host:port`` as an allowlist entry that would allow it."""
         name = f"[{host}]" if ":" in host else host
-        return name if port is None or port == _DEFAULT_PORTS[scheme] else f"{name}:{port}"
+        return name if port is None or port == DEFAULT_PORTS[scheme] else f"{name}:{port}"
 
 
 class Fetcher:
@@ -184,7 +183,7 @@ class Fetcher:
         except (httpx.InvalidURL, ValueError, TypeError):
             return "", None, "invalid URL"
         scheme = parsed.scheme  # lower case, as httpx normalises it
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in DEFAULT_PORTS:
             return "", None, f"unsupported URL scheme {scheme or 'none'!r}: only http and https"
         host = parsed.host  # lower case, IPv6 without brackets
         if not host:

@@ -37,7 +37,7 @@ _PLAIN_URL = re.compile(
     r"(https?)://([a-z0-9](?:[a-z0-9.-]{0,252}))(?::([1-9][0-9]{0,4}))?"
     r"(/[A-Za-z0-9._~/-]{0,2000})(?:\?([A-Za-z0-9._~=&-]{1,1000}))?"
 )
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}  # the schemes we fetch, and their default ports
 _IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 
 
@@ -52,7 +52,7 @@ def parse_url(url: str) -> httpx.URL:
     number = int(port) if port else None
     parsed = httpx.URL.__new__(httpx.URL)
     parsed._uri_reference = _ParseResult(  # type: ignore[misc]
-        scheme, "", host, None if number == _DEFAULT_PORTS[scheme] else number, path, query, None
+        scheme, "", host, None if number == DEFAULT_PORTS[scheme] else number, path, query, None
     )
     return parsed
 
