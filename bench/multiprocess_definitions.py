@@ -9,6 +9,7 @@ it through its constructor with that one field changed.
 import dagster as dg
 from dagster_shared.record import copy
 
-from inat_assets.definitions import defs as _in_process
+import inat_assets.definitions as in_process
 
-defs = copy(_in_process, executor=dg.multiprocess_executor)
+# The module, not its `defs`: Dagster refuses a module with two Definitions objects at its top level.
+defs = copy(in_process.defs, executor=dg.multiprocess_executor)
