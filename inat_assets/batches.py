@@ -45,15 +45,15 @@ __all__ = [
 ]
 
 # Photos per batch when the span is chosen here. Each batch is one Dagster run, and a run costs a fixed
-# 4-14 s (a fresh process importing Dagster and loading the definitions: ~3.3 s CPU; twice that under
-# Dagster's default multiprocess executor, whose step runs in a second process; plus its events), measured
-# by bench/dagster_overhead.py against the engine's own time on the local mirror at 50 ms. At 50,000
-# photos that was 4 % (in-process executor, the definitions' executor since) to 10 % (multiprocess) of a
-# batch; the goal is at most 2 %. 250,000 brings both to 1-2 %, while a batch's bookkeeping stays
-# small: the previous manifest (~90 B per photo) and the folder's id set (~60 B) are ~40 MB at 250k,
-# ~95 MB at the 2.5x that rounding the span up to 1/2/5 x 10^k ids can give.
+# ~3 s (a fresh process importing Dagster, loading the definitions, writing its events), measured by
+# bench/dagster_overhead.py against the engine's own time on the local mirror at 50 ms; the goal is at
+# most 2 % of a batch. On the quiet 2-core VM (2026-12-05) the engine fetched 3,000 photos/s inside such a
+# run, so the 3.0 s were 3.5 % of a 250,000-photo batch (the default until then; 1.0 % when it was chosen
+# on 11-27, with the engine at 140 photos/s on a loaded machine) and 1.8 % of 500,000. A batch's
+# bookkeeping stays small: the previous manifest (~90 B per photo) and the folder's id set (~60 B) are
+# ~75 MB at 500k, ~190 MB at the 2.5x that rounding the span up to 1/2/5 x 10^k ids can give.
 # Existing data directories keep the span recorded in their batches.json.
-DEFAULT_PHOTOS_PER_BATCH = 250_000
+DEFAULT_PHOTOS_PER_BATCH = 500_000
 BATCHES_FILE = "batches.json"  # the span of a folder of batch folders, next to them
 
 

@@ -88,7 +88,7 @@ class DataStoreResource(_SettingsFromEnv):
         default=0,
         ge=0,
         description=(
-            "Photo ids per image batch; 0 = sized for about 250k photos. Fixed at the first fetch list "
+            "Photo ids per image batch; 0 = sized for about 500k photos. Fixed at the first fetch list "
             "of any dataset (kept in <data_dir>/batches.json) and shared by all datasets (INAT_BATCH_SPAN)."
         ),
     )

@@ -151,11 +151,11 @@ def test_a_failing_batch_is_retried_by_dagster_and_refetches_only_what_is_missin
     assert not (data / "photos" / "original" / key / f"{gone}.jpg").exists()
 
 
-def test_nice_span_targets_about_a_quarter_million_photos() -> None:
-    # The real archive: ~150M plant photos with ids up to ~600M -> a span of 1M ids, 250k photos per
+def test_nice_span_targets_about_half_a_million_photos() -> None:
+    # The real archive: ~150M plant photos with ids up to ~600M -> a span of 2M ids, 500k photos per
     # batch (bench/dagster_overhead.py: Dagster's fixed cost per run stays under 2 % of such a batch).
-    assert nice_span(150_000_000, 1, 600_000_000) == 1_000_000
-    assert nice_span(150_000_000, 1, 700_000_000) == 2_000_000  # rounded up: never fewer than the target
+    assert nice_span(150_000_000, 1, 600_000_000) == 2_000_000
+    assert nice_span(150_000_000, 1, 700_000_000) == 5_000_000  # rounded up: never fewer than the target
     assert nice_span(186, 5_551_990, 5_553_425, target=50) == 500
     with pytest.raises(BatchError):
         batch_range("not-a-batch", 10)

@@ -7,7 +7,7 @@ file (``foo`` = photo id, ``identifier`` = URL, optional ``format``), read in ba
 Output: ``<output>/<batch-key>/<photo_id>.<ext>`` with batch keys ``batch-NNNNNN`` = photo id //
 span, the same folders as the ``image_batches`` asset: the span recorded in ``<output>/batches.json``,
 else ``--batch-span``, else the span of the data dir the fetch list is in (its ``batches.json``), else
-a round span giving at least 250,000 photos per folder (the image_batches default); it is recorded in
+a round span giving at least 500,000 photos per folder (the image_batches default); it is recorded in
 ``<output>/batches.json``.
 And ``<output>/manifest.parquet`` (one row per photo; see inat_assets.download.MANIFEST_SCHEMA).
 ``--output`` and ``--parquet`` may be object-store URLs (``s3://bucket/prefix``; AWS_* variables):
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read timeout in seconds; connect gets a third of it, a whole request 4x (default 30)")
     parser.add_argument("--contact", default="", help="e-mail or URL added to the User-Agent (iNaturalist asks for one)")
     parser.add_argument("--batch-span", type=int, default=0,
-                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~250,000 photos)")
+                        help="photo ids per batch folder (default: <output>/batches.json, the data dir's, or ~500,000 photos)")
     parser.add_argument("--no-other-host", action="store_true", help="do not try the other iNat host on 403/404")
     parser.add_argument("--progress-interval", type=float, default=None,
                         help="seconds between progress updates (default: 0.2 for the bar on a terminal, 1 for lines)")
