@@ -199,4 +199,4 @@ def test_an_empty_first_fetch_list_does_not_fix_the_span(tmp_path: Path) -> None
         state = tmp_path / "batches.json"
         assert plan_batches(con, empty, state).keys == [] and not state.exists()
         plan = plan_batches(con, full, state)
-        assert plan.span == 1_000_000 and state.exists() and len(plan.keys) == 5
+        assert plan.span == 2_000_000 and state.exists() and len(plan.keys) == 3
