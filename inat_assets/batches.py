@@ -49,7 +49,7 @@ __all__ = [
 # bench/dagster_overhead.py against the engine's own time on the local mirror at 50 ms; the goal is at
 # most 2 % of a batch. On the quiet 2-core VM (2026-12-05) the engine fetched 3,000 photos/s inside such a
 # run, so the 3.0 s were 3.5 % of a 250,000-photo batch (the default until then; 1.0 % when it was chosen
-# on 11-27, with the engine at 140 photos/s on a loaded machine) and 1.8 % of 500,000. A batch's
+# on 11-27, with the engine at 140 photos/s on a loaded machine) and 1.6-1.8 % of 500,000. A batch's
 # bookkeeping stays small: the previous manifest (~90 B per photo) and the folder's id set (~60 B) are
 # ~75 MB at 500k, ~190 MB at the 2.5x that rounding the span up to 1/2/5 x 10^k ids can give.
 # Existing data directories keep the span recorded in their batches.json.
